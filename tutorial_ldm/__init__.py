@@ -1,0 +1,22 @@
+"""tutorial-ldm: from the Latent Diffusion Models paper to working text-to-image generation.
+
+The public names below are imported on first use, so `import tutorial_ldm` stays quick and a
+chapter that only needs the noise schedule never loads diffusers.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "TinyLDMConfig": "tiny_model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'tutorial_ldm' has no attribute {name!r}")

@@ -1,0 +1,166 @@
+"""The tiny text-to-image latent diffusion model: configs and builders.
+
+The paper's three parts, each from the field's own classes so the result is a stock diffusers
+`StableDiffusionPipeline`:
+
+- perceptual compression: a KL-regularised `AutoencoderKL`, f = 4 (64×64×3 → 16×16×4);
+- the text encoder τ_θ: a tiny `CLIPTextModel` over a word-level tokenizer of the world's words;
+- the denoiser ε_θ(z_t, t, τ_θ(y)): a `UNet2DConditionModel` with cross-attention at every level.
+
+The noise schedule is SD's `scaled_linear` rescaled to zero terminal SNR, with v-prediction
+(Lin et al. 2024): SD's own schedule leaves signal at t = T, and a model trained on it never
+learns to place the shape from pure noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .world import IMAGE_SIZE, vocabulary
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+
+
+@dataclass
+class TinyLDMConfig:
+    # autoencoder: len(vae_channels) - 1 halvings, so f = 4
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_layers_per_block: int = 1
+    latent_channels: int = 4
+    # text encoder
+    text_width: int = 64  # also the UNet's cross_attention_dim
+    text_layers: int = 2
+    text_heads: int = 4
+    max_tokens: int = 77  # SD's window: 75 words + <bos> + <eos>
+    # denoiser
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_layers_per_block: int = 1
+    # cross-attention at the 8×8 and 4×4 levels (and the middle); self-attention over 16×16
+    # latents would triple the cost of sampling and the layout is decided at low resolution
+    unet_attention: tuple[bool, ...] = (False, True, True)
+    unet_heads: int = 4
+    # noise schedule (SD 1.x betas, rescaled to zero terminal SNR)
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "v_prediction"
+
+    @property
+    def latent_size(self) -> int:
+        return IMAGE_SIZE // 2 ** (len(self.vae_channels) - 1)
+
+
+def build_tokenizer(cfg: TinyLDMConfig):
+    """A word-level tokenizer over the world's vocabulary; unknown words map to <unk>."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate([PAD, UNK, BOS, EOS, *vocabulary()])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        model_max_length=cfg.max_tokens,
+    )
+
+
+def build_text_encoder(cfg: TinyLDMConfig, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_width,
+            intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads,
+            max_position_embeddings=cfg.max_tokens,
+            projection_dim=cfg.text_width,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+
+
+def build_autoencoder(cfg: TinyLDMConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=cfg.vae_layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        scaling_factor=1.0,  # measured from data after training (train.measure_scaling_factor)
+    )
+
+
+def build_unet(cfg: TinyLDMConfig):
+    from diffusers import UNet2DConditionModel
+
+    down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.unet_attention]
+    up = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.unet_attention)]
+    return UNet2DConditionModel(
+        sample_size=cfg.latent_size,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=cfg.text_width,
+        attention_head_dim=cfg.unet_heads,  # diffusers' historical name for the head count
+        norm_num_groups=8,
+    )
+
+
+def scheduler_config(cfg: TinyLDMConfig) -> dict:
+    """The schedule the model is trained with; every diffusers scheduler can be built from it."""
+    return dict(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule="scaled_linear",
+        rescale_betas_zero_snr=True,
+        prediction_type=cfg.prediction_type,
+        timestep_spacing="trailing",  # starts sampling at t = T, where zero SNR puts pure noise
+        steps_offset=1,  # without it diffusers rewrites the DDIM config with a warning
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+
+
+def build_scheduler(cfg: TinyLDMConfig):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**scheduler_config(cfg))
+
+
+def build_pipeline(cfg: TinyLDMConfig, vae, text_encoder, tokenizer, unet):
+    """Assemble the parts into a stock `StableDiffusionPipeline` (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(cfg),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

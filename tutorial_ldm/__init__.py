@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "TinyLDMConfig": "tiny_model",
+    "analyze": "metrics",
+    "adherence": "metrics",
     "SAMPLERS": "samplers",
     "A1111_NAMES": "samplers",
     "sample": "samplers",

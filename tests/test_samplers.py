@@ -22,6 +22,7 @@ from tutorial_ldm.samplers import (
     FROM_A1111,
     SAMPLERS,
     build_schedule,
+    ddim_step,
     guided_model,
     karras_sigmas,
     sample,
@@ -211,6 +212,19 @@ def test_ddim_eta(pipe):
     ddpm, _ = run_ours(pipe, "ddpm", config, steps=5)
     assert max_diff(ddim1, ddpm) <= TOL
     assert max_diff(ddim1, run_ours(pipe, "ddim", config, steps=5)[0]) > 10 * TOL
+
+
+def test_ddim_eta_one_from_pure_noise_is_finite():
+    # from ᾱ_t = 0, η = 1 makes √(1 − ᾱ_t' − σ_t²) a root of (rounded) 0: diffusers returns NaN for
+    # some step counts (50 with this schedule); we clamp
+    config = {**tm.scheduler_config(SMALL), "set_alpha_to_one": True}
+    out, x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for steps in range(1, 201):
+        schedule = build_schedule("ddim", config, steps)
+        assert schedule.alpha_bars[0] == 0
+        x_next, _ = ddim_step(out, x, schedule.alpha_bars[0], schedule.alpha_bars_prev[0], "v_prediction",
+                              eta=1.0, noise=torch.ones_like(x))  # fmt: skip
+        assert torch.isfinite(x_next).all(), f"NaN after the first of {steps} steps"
 
 
 def test_without_guidance(pipe):

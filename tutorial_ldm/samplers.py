@@ -337,8 +337,9 @@ def ddim_step(out, x, ab, ab_prev, prediction_type, *, eta=0.0, noise=None, clip
     # 2. σ_t(η) (eq. 16)
     variance = ((1 - ab_prev) / (1 - ab)) * (1 - ab / ab_prev)
     std = eta * variance**0.5
-    # 3. "direction pointing to x_t" (eq. 12)
-    direction = (1 - ab_prev - std**2) ** 0.5 * eps
+    # 3. "direction pointing to x_t" (eq. 12). From ᾱ_t = 0 with η = 1 the root's argument is 0 and
+    # rounding can make it −1e−8; diffusers then returns NaN, we clamp (identical wherever it is ≥ 0)
+    direction = (1 - ab_prev - std**2).clamp(min=0) ** 0.5 * eps
     # 4. x_t' without, then with, the random noise (eq. 12's third term)
     x = ab_prev**0.5 * x0 + direction
     if eta > 0:

@@ -10,6 +10,13 @@ diffusers' `convert_ldm_unet_checkpoint` / `convert_ldm_vae_checkpoint` /
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
 import torch
 
 UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
@@ -107,3 +114,40 @@ def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
     """The pipeline's weights under A1111 single-file checkpoint names (contiguous copies)."""
     state = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text_encoder_to_ldm(pipe.text_encoder)}
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models shared by the test modules, built once per test session
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_sd_files() -> SimpleNamespace:
+    """A tiny SD-1.5-architecture pipeline on disk in every form a user may have it.
+
+    folder: a diffusers folder; config: the same without weights (for offline single-file
+    loading); single: an A1111 `.safetensors`; ckpt: the same as a `.ckpt` (a `state_dict`
+    inside, as the original checkpoints have); pipe: the pipeline they all hold.
+    """
+    from safetensors.torch import save_file
+
+    from tutorial_ldm.sd_architecture import build_sd15_pipeline
+
+    root = Path(tempfile.mkdtemp(prefix="tiny-sd-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    pipe = build_sd15_pipeline(tiny=True, seed=0)
+    pipe.save_pretrained(root / "diffusers")
+    shutil.copytree(root / "diffusers", root / "config",
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    state = ldm_state_dict(pipe)
+    save_file(state, root / "tiny-sd.safetensors")
+    torch.save({"state_dict": state}, root / "tiny-sd.ckpt")
+    return SimpleNamespace(folder=root / "diffusers", config=root / "config",
+                           single=root / "tiny-sd.safetensors", ckpt=root / "tiny-sd.ckpt", pipe=pipe)
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_pipe():
+    """The shipped tiny LDM on the CPU (don't modify it in a test: load your own for that)."""
+    from tutorial_ldm.loading import load_pipeline
+
+    return load_pipeline(device="cpu")

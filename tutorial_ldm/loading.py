@@ -124,22 +124,28 @@ def check_safetensors(path: Path) -> None:
 
 def load_ckpt_safely(path: Path) -> dict:
     """A .ckpt's state dict through `torch.load(weights_only=True)`: no code in it ever runs."""
-    import pickle
     import zipfile
 
     try:
         # mmap (no copy in memory) works only for the zip format torch.save writes since 1.6
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"refused to load {path}: unpickling it would need arbitrary Python code, which a "
-            f"checkpoint must not contain ({reason}). Use a .safetensors version of this model."
-        ) from None
-    except (RuntimeError, OSError, EOFError) as e:
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({e}); expected a .ckpt state dict"
-        ) from None
+    except Exception as e:  # weights_only: whatever failed, nothing in the file has run
+        # torch's message is long advice to load unsafely; keep only what it found
+        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if code:
+            raise ValueError(
+                f"refused to load {path}: unpickling it would call {code.group(1)}, and a checkpoint "
+                "that runs code is not loaded. Expected tensors only (a state dict saved by "
+                "torch.save); prefer .safetensors."
+            ) from None
+        opcode = re.search(r"Unsupported operand \d+", str(e))
+        if opcode:
+            raise ValueError(
+                f"refused to load {path}: it is not a pickle of tensors that torch can read safely "
+                f"({opcode.group(0)}). Expected a state dict saved by torch.save; prefer .safetensors."
+            ) from None
+        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason}); expected a .ckpt state dict") from None
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
@@ -156,7 +162,7 @@ def _from_folder(path: Path, dtype: torch.dtype):
             "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
         )
     # The safety checker is never run by generate(); loading it would only cost memory.
-    return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None,
+    return DiffusionPipeline.from_pretrained(path, dtype=dtype, safety_checker=None,
                                              requires_safety_checker=False)
 
 
@@ -164,7 +170,7 @@ def _from_hub(repo_id: str, dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, safety_checker=None,
+        return DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, safety_checker=None,
                                                  requires_safety_checker=False)
     except Exception as e:  # connection, missing repo, gated repo, incomplete cache, ...
         reason = (str(e).splitlines() or [type(e).__name__])[0]
@@ -196,7 +202,7 @@ def _from_single_file(path: Path, dtype: torch.dtype, config):
             )
         kwargs = dict(config=str(config), local_files_only=True)
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, **kwargs)
     except Exception as e:  # diffusers raises many kinds here; all mean "not loadable as SD"
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         hint = ("" if config is not None else

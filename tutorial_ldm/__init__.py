@@ -11,6 +11,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "TinyLDMConfig": "tiny_model",
+    "SAMPLERS": "samplers",
+    "A1111_NAMES": "samplers",
+    "sample": "samplers",
+    "sampler_name": "samplers",
+    "to_diffusers": "samplers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -116,6 +116,15 @@ def test_truncated_safetensors(tmp_path):
         load_pipeline(cut, config=tiny_sd_files().config, device="cpu")
 
 
+def test_a_safetensors_that_is_not_a_whole_model(tmp_path):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "add_detail.safetensors"  # a LoRA in the checkpoint folder by mistake
+    save_file({"lora_unet_down_blocks_0_attentions_0.lora_down.weight": torch.zeros(4, 32)}, lora)
+    with pytest.raises(ValueError, match=r"could not load .*add_detail\.safetensors as a Stable Diffusion checkpoint"):
+        load_pipeline(lora, config=tiny_sd_files().config, device="cpu")
+
+
 def test_folder_without_model_index(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ValueError, match=r"without model_index\.json; expected a diffusers pipeline folder"):

@@ -1,6 +1,7 @@
 """Chapter 4: cross-attention from scratch equals diffusers' `Attention`, and the recorder sees
 what the UNet attends to without changing what it computes."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,3 +99,19 @@ def test_prompt_tokens(pipe):
     tokens = X.prompt_tokens(pipe.tokenizer, "A red  circle, wow")
     assert tokens[0] == "<bos>" and tokens[-1] == "<eos>"
     assert tokens[1:4] == ["a", "red", "circle"] and "<unk>" in tokens
+
+
+def test_attention_on_shape_compares_inside_with_outside():
+    from tutorial_ldm import world
+
+    image = world.render(world.Scene("square", "red", "in the center"))
+    mask = X.shape_mask(image)
+    assert mask.sum() == pytest.approx(24 * 24, rel=0.1)  # the 24-pixel square, not its background
+    assert torch.equal(mask, X.shape_mask(image / 255.0))  # uint8 or float in [0, 1]
+    attention_map = torch.where(mask, 3.0, 1.0)
+    assert X.attention_on_shape(attention_map, image) == pytest.approx(3.0)
+    assert X.attention_on_shape(torch.ones(64, 64), image) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="maps\\(size"):
+        X.attention_on_shape(torch.ones(16, 16), image)
+    with pytest.raises(ValueError, match="no shape"):
+        X.attention_on_shape(torch.ones(64, 64), np.full((64, 64, 3), 255, np.uint8))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -114,14 +115,19 @@ class AttentionRecorder:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, **kwargs):
-        extras = {"group_norm": attn.group_norm is not None, "spatial_norm": attn.spatial_norm is not None,
-                  "norm_cross": bool(attn.norm_cross), "residual_connection": attn.residual_connection,
-                  "attention_mask": attention_mask is not None,
-                  "rescale_output_factor": attn.rescale_output_factor != 1, "4-d input": hidden_states.ndim != 3}
+        extras = {
+            "group_norm": attn.group_norm is not None,
+            "spatial_norm": attn.spatial_norm is not None,
+            "norm_cross": bool(attn.norm_cross),
+            "residual_connection": attn.residual_connection,
+            "attention_mask": attention_mask is not None,
+            "rescale_output_factor": attn.rescale_output_factor != 1,
+            "4-d input": hidden_states.ndim != 3,
+        }
         if encoder_hidden_states is None or any(extras.values()):
             used = [k for k, v in extras.items() if v] or ["no text (self-attention)"]
-            raise ValueError(f"layer {self.layer}: the recorder handles plain cross-attention as in "
-                             f"SD's UNet; this layer uses {', '.join(used)}")
+            raise ValueError(f"layer {self.layer}: the recorder handles plain cross-attention as "
+                             f"in SD's UNet; this layer uses {', '.join(used)}")
         out, weights = cross_attention(hidden_states, encoder_hidden_states, attn.to_q, attn.to_k,
                                        attn.to_v, attn.to_out[0], attn.heads, return_weights=True)
         self.store.add(self.layer, weights)
@@ -140,7 +146,7 @@ def record_cross_attention(unet):
         if unet.get_submodule(layer).is_cross_attention:
             processor = AttentionRecorder(store, layer)
         processors[name] = processor
-    if len(processors) == 0 or all(not isinstance(p, AttentionRecorder) for p in processors.values()):
+    if not any(isinstance(p, AttentionRecorder) for p in processors.values()):
         raise ValueError("this UNet has no cross-attention layers to record")
     unet.set_attn_processor(processors)
     try:
@@ -152,3 +158,26 @@ def record_cross_attention(unet):
 def prompt_tokens(tokenizer, prompt: str) -> list[str]:
     """The tokens the text encoder sees for `prompt`, <bos> and <eos> included (no padding)."""
     return tokenizer.convert_ids_to_tokens(tokenizer(prompt).input_ids)
+
+
+def shape_mask(image) -> torch.Tensor:
+    """Where the shape is in an image of the world (H×W×3, uint8 or float in [0, 1]): the pixels
+    whose colour is far from the background's, read as the median colour of the border."""
+    arr = np.asarray(image, dtype=np.float64)
+    arr = arr / 255 if arr.max() > 1 else arr
+    border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3),
+                             arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)])
+    return torch.from_numpy(np.linalg.norm(arr - np.median(border, axis=0), axis=-1) > 0.3)
+
+
+def attention_on_shape(attention_map: torch.Tensor, image) -> float:
+    """How much more a token's map attends to the shape than to the background: the mean of the
+    map over `shape_mask(image)` divided by its mean elsewhere (1: no preference)."""
+    mask = shape_mask(image)
+    if attention_map.shape != mask.shape:
+        raise ValueError(f"attention map of shape {tuple(attention_map.shape)} for an image of "
+                         f"{tuple(mask.shape)} pixels; use AttentionStore.maps(size=...)")
+    if mask.all() or not mask.any():
+        raise ValueError("no shape to be seen in the image: its pixels are all foreground or all "
+                         "background")
+    return (attention_map[mask].mean() / attention_map[~mask].mean()).item()

@@ -110,14 +110,15 @@ def unet_anatomy(unet, latent_size: int | None = None) -> list[Block]:
 
     handles = [m.register_forward_hook(recorder(n), with_kwargs=True) for n, m in stages]
     try:
-        z = torch.zeros(1, unet.config.in_channels, size, size, device=unet.device, dtype=unet.dtype)
-        context = torch.zeros(1, 1, unet.config.cross_attention_dim, device=unet.device, dtype=unet.dtype)
-        unet(z, 0, context)
+        like = dict(device=unet.device, dtype=unet.dtype)
+        z = torch.zeros(1, unet.config.in_channels, size, size, **like)
+        unet(z, 0, torch.zeros(1, 1, unet.config.cross_attention_dim, **like))
     finally:
         for h in handles:
             h.remove()
     return [Block(name, type(m).__name__, *seen[name][:2],
-                  cross_attention=any(getattr(a, "is_cross_attention", False) for a in m.modules()),
+                  cross_attention=any(getattr(a, "is_cross_attention", False)
+                                      for a in m.modules()),
                   skips=seen[name][2], parameters=sum(p.numel() for p in m.parameters()))
             for name, m in stages]
 
@@ -128,6 +129,7 @@ def format_anatomy(blocks: list[Block]) -> str:
              f"{'skips':>5} {'parameters':>10}"]
     for b in blocks:
         shape_in, shape_out = ("×".join(map(str, s)) for s in (b.shape_in, b.shape_out))
-        lines.append(f"{b.name:<14} {b.kind:<23} {shape_in:>11} {shape_out:>11} "
-                     f"{'yes' if b.cross_attention else '':>5} {b.skips or '':>5} {b.parameters:>10,}")
+        text = "yes" if b.cross_attention else ""
+        lines.append(f"{b.name:<14} {b.kind:<23} {shape_in:>11} {shape_out:>11} {text:>5} "
+                     f"{b.skips or '':>5} {b.parameters:>10,}")
     return "\n".join(lines)

@@ -221,3 +221,127 @@ def check_q_sample(student_q_sample: Callable, *, quiet: bool = False) -> Verdic
         },
         quiet=quiet,
     )
+
+
+def check_kl_divergence(student_kl: Callable, *, quiet: bool = False) -> Verdict:
+    """Chapter 2: `kl_divergence(mean, logvar)` = ½ Σ (μ² + σ² − 1 − log σ²) per latent, summed
+    over (C, H, W): the autoencoder's KL regulariser towards N(0, I)."""
+    from .autoencoder import kl_divergence
+
+    g = torch.Generator().manual_seed(2)
+    mean, logvar = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g) - 3
+    cases = [
+        Case("μ = 0, log σ² = 0: the prior itself", (torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))),
+        Case("μ = 1, log σ² = 0", (torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))),
+        Case("batch of 2 random 4×4×4 posteriors", (mean, logvar)),
+        Case("one 4×16×16 latent, tiny σ as in our autoencoder",
+             (mean.repeat(1, 1, 4, 4)[:1], torch.full((1, 4, 16, 16), -12.0))),
+    ]
+
+    def no_half(mean, logvar):
+        return 2 * kl_divergence(mean, logvar)
+
+    def sigma_not_variance(mean, logvar):
+        return 0.5 * (mean**2 + (0.5 * logvar).exp() - 1 - logvar).flatten(1).sum(1)
+
+    def averaged(mean, logvar):
+        return kl_divergence(mean, logvar) / mean[0].numel()
+
+    return check(
+        student_kl,
+        kl_divergence,
+        cases,
+        name="kl_divergence",
+        rtol=1e-4,
+        known_mistakes={
+            "don't forget the ½ in front of the sum": no_half,
+            "σ² is logvar.exp(); logvar.exp() ** 0.5 is σ": sigma_not_variance,
+            "sum over the latent's elements (C, H, W), don't average them": averaged,
+        },
+        quiet=quiet,
+    )
+
+
+def check_timestep_embedding(student_embedding: Callable, *, quiet: bool = False) -> Verdict:
+    """Chapter 3: `timestep_embedding(t, dim)` = [cos(t·ω_k), sin(t·ω_k)] with
+    ω_k = 10000^(−k/(dim/2)), k = 0 … dim/2 − 1, as diffusers' `get_timestep_embedding` with
+    `flip_sin_to_cos=True, downscale_freq_shift=0` (SD's UNet)."""
+    from .unet import timestep_embedding
+
+    cases = [
+        Case("t = [0], dim = 8", (torch.tensor([0]), 8)),
+        Case("t = [1], dim = 8", (torch.tensor([1]), 8)),
+        Case("t = [0, 10, 500, 999], dim = 32", (torch.tensor([0, 10, 500, 999]), 32)),
+        Case("fractional t = [0.5, 250.25], dim = 6", (torch.tensor([0.5, 250.25]), 6)),
+    ]
+
+    def sin_first(t, dim):
+        return timestep_embedding(t, dim).roll(dim // 2, dims=-1)
+
+    def ddpm_frequencies(t, dim):
+        half = dim // 2
+        w = torch.exp(-math.log(10_000) * torch.arange(half) / (half - 1))
+        angles = t.float()[:, None] * w[None]
+        return torch.cat([angles.cos(), angles.sin()], -1)
+
+    def full_dim_frequencies(t, dim):
+        w = torch.exp(-math.log(10_000) * torch.arange(dim // 2) / dim)
+        angles = t.float()[:, None] * w[None]
+        return torch.cat([angles.cos(), angles.sin()], -1)
+
+    return check(
+        student_embedding,
+        timestep_embedding,
+        cases,
+        name="timestep_embedding",
+        atol=1e-4,
+        known_mistakes={
+            "SD's UNet puts the cosines first: torch.cat([cos, sin])": sin_first,
+            "divide the exponent by dim // 2 (here), not dim // 2 − 1 (DDPM's original code)":
+                ddpm_frequencies,
+            "the exponent runs over k / (dim // 2), not k / dim": full_dim_frequencies,
+        },
+        quiet=quiet,
+    )
+
+
+def check_attention(student_attention: Callable, *, quiet: bool = False) -> Verdict:
+    """Chapter 4: `attention(q, k, v)` = softmax(q·kᵀ/√d)·v, over the last two dimensions
+    (queries × features), for any leading batch and head dimensions."""
+    from .attention import attention
+
+    g = torch.Generator().manual_seed(4)
+    cases = [
+        Case("1 query, 3 keys, d = 4", (torch.randn(1, 1, 4, generator=g),
+                                        torch.randn(1, 3, 4, generator=g),
+                                        torch.randn(1, 3, 4, generator=g))),
+        Case("64 pixels attend to 77 tokens, d = 16",
+             (torch.randn(2, 64, 16, generator=g), torch.randn(2, 77, 16, generator=g),
+              torch.randn(2, 77, 16, generator=g))),
+        Case("4 heads: (B, heads, n, d) = (2, 4, 16, 8), 77 tokens, values of width 8",
+             (torch.randn(2, 4, 16, 8, generator=g) * 3, torch.randn(2, 4, 77, 8, generator=g) * 3,
+              torch.randn(2, 4, 77, 8, generator=g))),
+    ]
+
+    def unscaled(q, k, v):
+        return torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+
+    def divided_by_d(q, k, v):
+        return torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1], -1) @ v
+
+    def softmax_over_queries(q, k, v):
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -2) @ v
+
+    return check(
+        student_attention,
+        attention,
+        cases,
+        name="attention",
+        known_mistakes={
+            "divide the scores by √d before the softmax": unscaled,
+            "divide by √d, not by d": divided_by_d,
+            "the softmax runs over the keys (dim=-1): each query's weights sum to 1":
+                softmax_over_queries,
+        },
+        quiet=quiet,
+    )

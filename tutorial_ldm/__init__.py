@@ -14,6 +14,16 @@ _EXPORTS = {
     "studio": "widgets",
     "analyze": "metrics",
     "adherence": "metrics",
+    "NoiseSchedule": "noise_schedule",
+    "SCHEDULES": "noise_schedule",
+    "make_betas": "noise_schedule",
+    "rescale_zero_terminal_snr": "noise_schedule",
+    "q_sample": "noise_schedule",
+    "q_step": "noise_schedule",
+    "forward_chain": "noise_schedule",
+    "snr": "noise_schedule",
+    "check": "exercises",
+    "check_q_sample": "exercises",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,5 +1,7 @@
 """A1111 prompt syntax and the weighted, chunked conditioning built from it."""
 
+import copy
+
 import pytest
 import torch
 from tiny_sd import shipped_pipe, tiny_sd_files
@@ -99,11 +101,20 @@ def test_unweighted_prompt_encodes_as_diffusers_does(which):
     torch.testing.assert_close(ours, theirs)
 
 
+def with_mean(text_encoder, shift):
+    """A copy of the encoder whose outputs average to about `shift` (its final LayerNorm's β)."""
+    encoder = copy.deepcopy(text_encoder)
+    norm = next(m for name, m in encoder.named_modules() if name.endswith("final_layer_norm"))
+    torch.nn.init.constant_(norm.bias, shift)
+    return encoder
+
+
 @pytest.mark.parametrize("which", ["tiny-ldm", "tiny-sd (CLIP BPE)"])
 def test_weights_scale_tokens_and_keep_the_mean(which):
     pipe = shipped_pipe() if which == "tiny-ldm" else tiny_sd_files().pipe
-    plain = encode_weighted(pipe.tokenizer, pipe.text_encoder, "a red circle")
-    weighted = encode_weighted(pipe.tokenizer, pipe.text_encoder, "a (red:1.5) circle")
+    encoder = with_mean(pipe.text_encoder, 0.3)  # trained encoders average away from 0, as CLIP does
+    plain = encode_weighted(pipe.tokenizer, encoder, "a red circle")
+    weighted = encode_weighted(pipe.tokenizer, encoder, "a (red:1.5) circle")
     n_red = len(pipe.tokenizer("red", add_special_tokens=False).input_ids)
     w = torch.ones(77)
     w[2:2 + n_red] = 1.5  # <bos> a red…
@@ -112,6 +123,17 @@ def test_weights_scale_tokens_and_keep_the_mean(which):
     torch.testing.assert_close(weighted, expected)
     torch.testing.assert_close(weighted.mean(), plain.mean())
     assert not torch.allclose(weighted, plain)
+
+
+def test_mean_too_close_to_zero_is_not_divided_by():
+    """An untrained encoder's outputs average to ~0: A1111's rescale would be 0/0; plain scaling."""
+    pipe = tiny_sd_files().pipe  # random weights: final LayerNorm β = 0
+    plain = encode_weighted(pipe.tokenizer, pipe.text_encoder, "a red circle")
+    weighted = encode_weighted(pipe.tokenizer, pipe.text_encoder, "a (red:1.5) circle")
+    assert abs(plain.mean()) < 1e-4 * plain.abs().mean()
+    w = torch.ones(77)
+    w[2] = 1.5
+    torch.testing.assert_close(weighted, plain * w[None, :, None])
 
 
 def test_long_prompt_is_encoded_in_chunks_and_concatenated():

@@ -24,6 +24,11 @@ _EXPORTS = {
     "snr": "noise_schedule",
     "check": "exercises",
     "check_q_sample": "exercises",
+    "SAMPLERS": "samplers",
+    "A1111_NAMES": "samplers",
+    "sample": "samplers",
+    "sampler_name": "samplers",
+    "to_diffusers": "samplers",
 }
 
 __all__ = sorted(_EXPORTS)

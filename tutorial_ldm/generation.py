@@ -107,11 +107,12 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
         warnings.warn(f"NaN in the image decoded by the {vae.dtype} VAE; decoding again in float32",
                       RuntimeWarning, stacklevel=3)
         dtype = vae.dtype
-        vae.to(torch.float32)
+        to = torch.nn.Module.to  # a plain cast; diffusers' .to() warns about casting
+        to(vae, torch.float32)
         try:
             image = vae.decode(z.float(), return_dict=False)[0]
         finally:
-            vae.to(dtype)
+            to(vae, dtype)
     if torch.isnan(image).any():
         raise FloatingPointError("the VAE decoded NaN even in float32: the checkpoint's VAE is broken")
     return image

@@ -15,7 +15,8 @@ How the weights reach the model (A1111's method): the prompt is tokenized piece 
 into chunks of 75 tokens, each chunk wrapped as <bos> … <eos> <pad>… to the encoder's 77-token
 window and encoded on its own. Each token's output embedding is then multiplied by its weight,
 and the whole chunk rescaled so its mean is what it was before weighting: emphasis changes the
-balance between words, not the overall size of the conditioning. The chunks are concatenated
+balance between words, not the overall size of the conditioning. (Where the mean is too close
+to 0 to divide by, as for an untrained encoder, the rescaling is skipped.) The chunks are concatenated
 along the token axis, so the UNet's cross-attention sees 77·k tokens; it does not mind the
 length. Cond and uncond are padded to the same number of chunks with encodings of the empty
 prompt (A1111's "pad prompt/negative prompt to be same length"), so they can share a batch.
@@ -32,6 +33,7 @@ ROUND = 1.1  # (x): attention × 1.1
 SQUARE = 1 / 1.1  # [x]: attention ÷ 1.1
 BREAK = ("BREAK", -1.0)  # marker that parse_prompt_attention leaves where a chunk must end
 COMMA_BACKTRACK = 20  # a full chunk is cut after its last comma if it lies this close to the end
+MEAN_EPS = 1e-2  # |mean z| below this share of mean |z| is too close to 0 to divide by
 
 # One token of the prompt language; tried in this order (A1111's grammar).
 _TOKEN = re.compile(
@@ -209,11 +211,23 @@ def encode_weighted(tokenizer, text_encoder, prompt: str, *, device=None) -> tor
     ids = torch.tensor([w[0] for w in wrapped], device=device)
     weights = torch.tensor([w[1] for w in wrapped], device=device)
     z = text_encoder(ids)[0]  # (chunks, window, width): the last hidden state, as SD uses
-    weights = weights.to(z.dtype)[..., None]
+    return emphasize(z, weights.to(z.dtype)).reshape(1, -1, z.shape[-1])
+
+
+def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's emphasis: z (chunks, tokens, width) × weights (chunks, tokens), mean restored.
+
+    The restoring factor is mean(z) / mean(z·w). An encoder whose outputs average to ~0 (an
+    untrained final LayerNorm, as in random test models) would make it 0/0, so there, and for
+    chunks without weights, z·w is left as it is.
+    """
     mean = z.mean(dim=(1, 2), keepdim=True)
-    z = z * weights
-    z = z * (mean / z.mean(dim=(1, 2), keepdim=True))
-    return z.reshape(1, -1, z.shape[-1])
+    scale = z.abs().mean(dim=(1, 2), keepdim=True)
+    z = z * weights[..., None]
+    new_mean = z.mean(dim=(1, 2), keepdim=True)
+    weighted = (weights != 1).any(dim=1)[:, None, None]
+    safe = (mean.abs() > MEAN_EPS * scale) & (new_mean.abs() > MEAN_EPS * scale)
+    return torch.where(weighted & safe, z * (mean / new_mean), z)
 
 
 def pad_to_same_length(cond: torch.Tensor, uncond: torch.Tensor, empty: torch.Tensor):

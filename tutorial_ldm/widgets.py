@@ -29,6 +29,7 @@ import io
 import math
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import ipywidgets as w
@@ -404,7 +405,8 @@ class Studio(w.VBox):
             if value == _GIVEN:
                 pipe = self._given
             else:
-                pipe = load_pipeline(None if value == _SHIPPED else value, **self.load_options)
+                with _quiet_loading():
+                    pipe = load_pipeline(None if value == _SHIPPED else value, **self.load_options)
         except Exception as e:  # any failure to load is shown; the app keeps its model
             current = self._model_label(self._loaded) if self.pipe is not None else "—"
             reason = explain(e, t)
@@ -599,6 +601,23 @@ class Studio(w.VBox):
 
 def _red(message: str) -> str:
     return f'<span style="color:#c62828;font-weight:bold">{html.escape(message)}</span>'
+
+
+@contextmanager
+def _quiet_loading():
+    """No loading bars from diffusers and transformers: the status line says "Loading…"."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = [lib.enable_progress_bar for lib in (diffusers_logging, transformers_logging)
+               if lib.is_progress_bar_enabled()]
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
 
 
 def _empty_cuda_cache() -> None:

@@ -140,6 +140,17 @@ def test_live_preview_every_few_steps(app):
     assert app.preview.layout.display == "none"  # hidden once the results are there
 
 
+def test_a_failing_preview_does_not_stop_the_images(app, monkeypatch):
+    def broken(vae):
+        raise FloatingPointError("NaN in the fit")
+
+    monkeypatch.setattr(widgets, "latent_rgb_for", broken)
+    app.preview_every = 1
+    images = click(app)
+    assert len(images) == 1 and not is_error(app)
+    assert "No live preview: FloatingPointError: NaN in the fit" in app.status.value
+
+
 @pytest.mark.parametrize(
     "widget, bad, good, words",
     [

@@ -66,6 +66,9 @@ def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
         images = torch.from_numpy(render_batch(sample_scenes(CALIBRATION_SCENES, CALIBRATION_SEED)))
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     latents = vae_latents(vae, images)
+    if not torch.isfinite(latents).all():  # e.g. a float16 VAE that overflows
+        raise FloatingPointError(f"the {next(vae.parameters()).dtype} VAE encoded non-finite latents; "
+                                 "no latent → RGB map can be fitted")
     return least_squares_rgb(latents, F.avg_pool2d(images.float(), f))
 
 

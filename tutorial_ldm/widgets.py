@@ -84,6 +84,8 @@ STRINGS = {
         "saved": "Saved {n} image(s) in {folder}: {names}",
         "nothing_to_save": "Nothing to save yet: click Generate first.",
         "settings_of": "Settings of image {k}",
+        "unnamed_model": "the given pipeline",
+        "no_preview": "(No live preview: {detail})",
         # errors: what went wrong, then what to do
         "error": "Error",
         "details": "details",
@@ -150,6 +152,8 @@ STRINGS = {
         "saved": "已保存 {n} 张图像到 {folder}：{names}",
         "nothing_to_save": "还没有可保存的图像：请先点击“生成”。",
         "settings_of": "第 {k} 张图像的参数",
+        "unnamed_model": "传入的模型",
+        "no_preview": "（无法显示实时预览：{detail}）",
         "error": "错误",
         "details": "详细信息",
         "no_model": "没有加载模型。请在“模型”列表中选择一个。",
@@ -199,7 +203,8 @@ def explain(error: BaseException, t: dict) -> str:
     detail = str(error).strip() or type(error).__name__
     if isinstance(error, InputError):
         return str(error)
-    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in detail.lower():
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or any(
+            words in detail.lower() for words in ("out of memory", "can't allocate memory")):
         return t["oom"]
     if isinstance(error, FloatingPointError):
         return t["nan"]
@@ -376,7 +381,7 @@ class Studio(w.VBox):
     def _fill_model_list(self) -> None:
         options = []
         if self._given is not None:
-            options.append((model_name(self._given) or "pipeline", _GIVEN))
+            options.append((model_name(self._given) or self.t["unnamed_model"], _GIVEN))
         given_path = None if self._given is None else self._given.config.get("_name_or_path")
         if given_path is None or Path(str(given_path)).resolve() != SHIPPED_MODEL:
             options.append((self.t["shipped"], _SHIPPED))
@@ -485,14 +490,18 @@ class Studio(w.VBox):
         self._say(t["generating"].format(n=settings["batch_size"], steps=steps))
         self.progress.max, self.progress.value = steps, 0
         self.preview.layout.display = "none"
+        preview_error = []
         start = time.perf_counter()
 
         def on_step(i, total, x, denoised):
             self.progress.value = i + 1
             if self._stop.is_set():
                 raise Interrupted(i + 1, total)
-            if self.preview_every and (i + 1) % self.preview_every == 0 and i + 1 < total:
-                self._show_preview(denoised)
+            if self.preview_every and (i + 1) % self.preview_every == 0 and i + 1 < total and not preview_error:
+                try:
+                    self._show_preview(denoised)
+                except Exception as e:  # a preview is a nicety: it never stops the images
+                    preview_error.append(e)
 
         try:
             images = generate(self.pipe, callback=on_step, progress=False, **settings)
@@ -508,8 +517,11 @@ class Studio(w.VBox):
         self.reuse_seed_button.disabled = False
         self._show_gallery(images)
         shown = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
-        self._say(t["done"].format(n=len(images), width=images[0].width, height=images[0].height,
-                                   seeds=shown, seconds=seconds))
+        message = t["done"].format(n=len(images), width=images[0].width, height=images[0].height,
+                                   seeds=shown, seconds=seconds)
+        if preview_error:
+            message += " " + t["no_preview"].format(detail=f"{type(preview_error[0]).__name__}: {preview_error[0]}")
+        self._say(message)
 
     def _show_preview(self, denoised) -> None:
         from PIL import Image

@@ -95,8 +95,11 @@ def test_random_seed_is_shown_and_can_be_reused(app):
     assert app.seed.value == -1
 
 
-def test_a_click_during_a_run_starts_nothing_and_stop_interrupts(app, monkeypatch):
+def test_a_click_during_a_run_starts_nothing_and_stop_interrupts(app, monkeypatch, tmp_path):
     started, proceed, calls = threading.Event(), threading.Event(), []
+    other = tmp_path / "models" / "tiny-sd"
+    shutil.copytree(tiny_sd_files().folder, other)
+    app.refresh_button.click()
 
     def slow_generate(pipe, *args, callback, **kwargs):
         calls.append(kwargs)
@@ -114,10 +117,12 @@ def test_a_click_during_a_run_starts_nothing_and_stop_interrupts(app, monkeypatc
     assert app.busy and app.generate_button.disabled and app.model.disabled
     assert not app.stop_button.disabled
     app.generate_button.click()  # ignored: one run at a time
+    app.model.value = str(other)  # refused: the model cannot change under a running generation
+    assert app.model.value == "given"
     app.stop_button.click()
     proceed.set()
     app.wait(timeout=60)
-    assert len(calls) == 1
+    assert len(calls) == 1 and app.pipe is shipped_pipe()
     assert "Stopped after 1 of 4 steps" in app.status.value and app.last_images == []
     assert not app.generate_button.disabled and app.stop_button.disabled
     monkeypatch.undo()

@@ -97,7 +97,7 @@ STRINGS = {
         "bad_steps": "Steps {value} is not allowed: use a whole number from 1 to {max}.",
         "bad_cfg": "CFG scale {value} is not allowed: use a number from 0 to {max}.",
         "bad_batch": "Batch size {value} is not allowed: use a whole number from 1 to {max}.",
-        "bad_prompt": "The {which} cannot be read: {detail}. Weights are written like (word:1.3).",
+        "bad_prompt": "The {which} cannot be read: {detail}",
         "which_prompt": "prompt",
         "which_negative": "negative prompt",
         "oom": "Out of memory. Try a smaller width and height or batch size; on a small GPU "
@@ -193,7 +193,7 @@ class Interrupted(Exception):
 
 
 class InputError(ValueError):
-    """A setting the studio refuses before starting; `message` is already in the student's language."""
+    """A setting the studio refuses before starting; its text is already in the student's language."""
 
 
 def explain(error: BaseException, t: dict) -> str:
@@ -398,8 +398,14 @@ class Studio(w.VBox):
             self._start(self._load, self.model.value)
 
     def _on_model_change(self, change) -> None:
-        if not self._filling and change["new"] is not None and change["new"] != self._loaded:
-            self._start(self._load, change["new"])
+        if self._filling or change["new"] is None or change["new"] == self._loaded:
+            return
+        if not self._start(self._load, change["new"]):  # busy: the choice cannot be honoured now
+            self._filling = True
+            try:
+                self.model.value = change["old"]
+            finally:
+                self._filling = False
 
     def _load(self, value) -> None:
         """Load the model-list entry `value` and make it current; on failure keep the old one."""

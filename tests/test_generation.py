@@ -63,7 +63,8 @@ def test_same_pixels_as_the_stock_diffusers_pipeline(sampler):
     pipe = shipped_pipe()
     ours = generate(pipe, PROMPT, NEGATIVE, seed=3, batch_size=2, sampler=sampler, **FAST)
     cond, uncond = encode_prompts(pipe, PROMPT, NEGATIVE)
-    stock = StableDiffusionPipeline(**{**pipe.components, "scheduler": to_diffusers(sampler, pipe.scheduler.config)})
+    stock = StableDiffusionPipeline(**{**pipe.components, "scheduler": to_diffusers(sampler, pipe.scheduler.config)},
+                                    requires_safety_checker=False)
     stock.set_progress_bar_config(disable=True)
     theirs = stock(prompt_embeds=cond.expand(2, -1, -1), negative_prompt_embeds=uncond.expand(2, -1, -1),
                    num_inference_steps=2, guidance_scale=5.0, height=64, width=64,

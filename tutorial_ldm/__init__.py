@@ -29,6 +29,15 @@ _EXPORTS = {
     "sample": "samplers",
     "sampler_name": "samplers",
     "to_diffusers": "samplers",
+    "load_pipeline": "loading",
+    "list_models": "loading",
+    "generate": "generation",
+    "read_parameters": "parameters",
+    "save_image": "parameters",
+    "GenerationSettings": "parameters",
+    "parse_prompt_attention": "prompts",
+    "encode_prompts": "prompts",
+    "build_sd15_pipeline": "sd_architecture",
 }
 
 __all__ = sorted(_EXPORTS)

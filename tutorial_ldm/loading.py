@@ -245,6 +245,17 @@ def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = Fals
             f"{where} is a {type(pipe).__name__}; expected a Stable Diffusion 1.x/2.x-style "
             "pipeline (one text encoder, a UNet, a VAE)"
         )
+    return configure_pipeline(pipe, device=device, low_vram=low_vram)
+
+
+def configure_pipeline(pipe, *, device=None, low_vram: bool = False):
+    """Put a pipeline on its device, with the memory savers of `low_vram` if asked.
+
+    low_vram: attention slicing (attention computed a slice of heads at a time), VAE slicing
+    (one image of a batch at a time) and tiling (large images in overlapping tiles), and on
+    CUDA model CPU offload (accelerate moves each model to the GPU only while it runs).
+    """
+    device = torch.device(device) if device is not None else default_device()
     pipe.set_progress_bar_config(disable=True)
     if low_vram:
         pipe.enable_attention_slicing()

@@ -7,7 +7,7 @@ notebook in the repository is never written.
 
 Needs Debian's `chromium` and Playwright's Python package in a venv of its own, not the project's:
 
-    apt-get install -y chromium fonts-noto-color-emoji    # the font: 🎲 🔄 ✅ on the buttons
+    apt-get install -y chromium fonts-noto-color-emoji fonts-wqy-microhei   # fonts: emoji, Chinese
     python3 -m venv /tmp/shotvenv && /tmp/shotvenv/bin/pip install playwright==1.65.2
     /tmp/shotvenv/bin/python bench/screenshot_studio.py --python /work/main/.venv/bin/python \
         --out /work/studio-screenshot.png
@@ -60,7 +60,10 @@ def start_lab(python: str, port: int, settings_dir: Path) -> subprocess.Popen:
     raise TimeoutError("JupyterLab did not start within 2 minutes")
 
 
-def screenshot(port: int, out: Path, timeout_ms: int) -> None:
+GENERATE = {"en": "Generate", "zh": "生成"}
+
+
+def screenshot(port: int, out: Path, timeout_ms: int, lang: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -71,11 +74,16 @@ def screenshot(port: int, out: Path, timeout_ms: int) -> None:
         page.locator(".jp-Notebook .jp-Cell").first.wait_for()
         page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
 
-        studio_cell = page.locator(".jp-CodeCell", has_text="app = studio()")
+        studio_cell = page.locator(".jp-CodeCell", has_text="app = studio(")
         studio_cell.scroll_into_view_if_needed()
+        if lang != "en":  # the same cell, with the studio in another language (not saved)
+            studio_cell.locator(".cm-content").click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type(f'from tutorial_ldm.widgets import studio\n\napp = studio(lang="{lang}")\napp')
+            page.keyboard.press("Escape")
         studio_cell.locator(".jp-InputPrompt").click()  # select the cell (command mode)
         page.keyboard.press("Control+Enter")  # run it, stay on it
-        generate = studio_cell.locator(".jupyter-widgets button", has_text="Generate")
+        generate = studio_cell.locator(".jupyter-widgets button", has_text=GENERATE[lang])
         generate.wait_for()
         page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
         generate.click()
@@ -95,11 +103,12 @@ def main() -> int:
     parser.add_argument("--out", default="/work/studio-screenshot.png", help="PNG to write")
     parser.add_argument("--port", type=int, default=8891)
     parser.add_argument("--timeout", type=float, default=300, help="seconds for each wait")
+    parser.add_argument("--lang", choices=sorted(GENERATE), default="en", help="the studio's language")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="studio-shot-") as tmp:
         lab = start_lab(args.python, args.port, Path(tmp))
         try:
-            screenshot(args.port, Path(args.out), int(args.timeout * 1000))
+            screenshot(args.port, Path(args.out), int(args.timeout * 1000), args.lang)
         finally:
             lab.terminate()
             lab.wait(30)

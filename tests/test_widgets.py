@@ -84,6 +84,12 @@ def test_generate_shows_the_images_the_seed_and_their_settings(app):
     assert not app.generate_button.disabled and not app.save_button.disabled
 
 
+def test_slider_rounding_from_the_browser_does_not_reach_the_settings(app):
+    app.cfg.value = 5.000000000000001  # what JupyterLab's slider sent for 5 in a real session
+    images = click(app)
+    assert "CFG scale: 5," in images[0].info["parameters"]
+
+
 def test_random_seed_is_shown_and_can_be_reused(app):
     first = click(app)
     seed = app.last_seed

@@ -461,6 +461,8 @@ class Studio(w.VBox):
         if not 1 <= steps <= MAX_STEPS:
             raise InputError(t["bad_steps"].format(value=steps, max=MAX_STEPS))
         cfg = self.cfg.value
+        if math.isfinite(cfg):
+            cfg = round(cfg, 2)  # the browser's slider sends 5.000000000000001 for 5
         if not (math.isfinite(cfg) and 0 <= cfg <= MAX_CFG):
             raise InputError(t["bad_cfg"].format(value=cfg, max=MAX_CFG))
         for slider, key in ((self.width, "width"), (self.height, "height")):

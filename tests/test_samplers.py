@@ -45,6 +45,7 @@ CONFIGS = {
     "v_zero_snr_trailing": {},  # the shipped tiny model
     "eps_sd15": {"prediction_type": "epsilon", "rescale_betas_zero_snr": False, "timestep_spacing": "leading"},
     "eps_linspace": {"prediction_type": "epsilon", "rescale_betas_zero_snr": False, "timestep_spacing": "linspace"},
+    "v_cosine": {"beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": False},
 }
 
 
@@ -92,8 +93,11 @@ def run_diffusers(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(
     return _diffusers_runs[key]
 
 
-def _run_diffusers(pipe, name, config, steps, guidance, seeds, eta, size):
+def _run_diffusers(pipe, name, config, steps, guidance, seeds, eta, size, count_from_zero=False):
     pipe.scheduler = to_diffusers(name, config)
+    if count_from_zero:  # start the scheduler's step counter at 0, as img2img pipelines do
+        set_timesteps = pipe.scheduler.set_timesteps
+        pipe.scheduler.set_timesteps = lambda *a, **k: (set_timesteps(*a, **k), pipe.scheduler.set_begin_index(0))
     trace = []
 
     def on_step(_pipe, i, t, kwargs):
@@ -137,8 +141,13 @@ def max_diff(a, b):
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
-@pytest.mark.parametrize("config_name", CONFIGS)
-@pytest.mark.parametrize("name", SAMPLERS)
+# With the cosine schedule, diffusers' DPM-Solver with Karras σ's repeats its first timestep, and its
+# step counter, which starts at the *second* occurrence of the first timestep, runs off the end
+# (IndexError). test_dpmpp_karras_with_repeated_timesteps covers that case.
+CASES = [(n, c) for n in SAMPLERS for c in CONFIGS if (n, c) != ("dpmpp_2m_karras", "v_cosine")]
+
+
+@pytest.mark.parametrize("name, config_name", CASES)
 def test_matches_diffusers(pipe, name, config_name):
     config = scheduler_config(pipe, CONFIGS[config_name])
     ref, ref_trace = run_diffusers(pipe, name, config)
@@ -225,6 +234,19 @@ def test_ddim_eta_one_from_pure_noise_is_finite():
         x_next, _ = ddim_step(out, x, schedule.alpha_bars[0], schedule.alpha_bars_prev[0], "v_prediction",
                               eta=1.0, noise=torch.ones_like(x))  # fmt: skip
         assert torch.isfinite(x_next).all(), f"NaN after the first of {steps} steps"
+
+
+@pytest.mark.parametrize("changes, steps", [({"beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": False}, 6),
+                                            ({}, 50)])  # fmt: skip
+def test_dpmpp_karras_with_repeated_timesteps(pipe, changes, steps):
+    # Karras σ's near σ_max map to the same timestep (999 three times for the shipped model's
+    # schedule at 50 steps); we walk the σ's in order, as diffusers does once its counter starts at 0
+    config = scheduler_config(pipe, changes)
+    schedule = build_schedule("dpmpp_2m_karras", config, steps)
+    assert schedule.timesteps[0] == schedule.timesteps[1]
+    ours, _ = run_ours(pipe, "dpmpp_2m_karras", config, steps=steps)
+    ref, _ = _run_diffusers(pipe, "dpmpp_2m_karras", config, steps, GUIDANCE, (1,), 0.0, SIZE, count_from_zero=True)
+    assert max_diff(ours, ref) <= TOL
 
 
 def test_without_guidance(pipe):

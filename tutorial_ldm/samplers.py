@@ -43,37 +43,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .noise_schedule import NoiseSchedule
+
 # ---------------------------------------------------------------------------------------------
-# The noise schedule: β_t → ᾱ_t → σ_t
-
-
-def betas_from_config(config) -> torch.Tensor:
-    """β_1 … β_T as the config gives them (DDPM eq. 2's variances of the forward steps)."""
-    T = config["num_train_timesteps"]
-    if config.get("trained_betas") is not None:
-        betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
-    elif config["beta_schedule"] == "linear":
-        betas = torch.linspace(config["beta_start"], config["beta_end"], T, dtype=torch.float32)
-    elif config["beta_schedule"] == "scaled_linear":  # Stable Diffusion's: linear in √β
-        betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, T, dtype=torch.float32) ** 2
-    else:
-        raise ValueError(
-            f"beta_schedule={config['beta_schedule']!r} is not supported; use 'linear' or 'scaled_linear'"
-        )
-    if config.get("rescale_betas_zero_snr", False):
-        betas = rescale_zero_terminal_snr(betas)
-    return betas
-
-
-def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Lin et al. 2024, Algorithm 1: shift √ᾱ so that √ᾱ_T = 0 (pure noise at t = T), keep √ᾱ_1."""
-    sqrt_ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
-    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
-    sqrt_ab -= last
-    sqrt_ab *= first / (first - last)
-    ab = sqrt_ab**2
-    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])  # undo the cumulative product
-    return 1.0 - alphas
+# The noise schedule: ᾱ_t (chapter 1's `NoiseSchedule`) → σ_t → the levels a sampler visits
 
 
 def alpha_bars_from_config(config, *, finite_terminal_sigma: bool = False) -> torch.Tensor:
@@ -83,7 +56,9 @@ def alpha_bars_from_config(config, *, finite_terminal_sigma: bool = False) -> to
     They (and diffusers' Euler and DPM-Solver schedulers) replace it by 2⁻²⁴: σ_T ≈ 4096, still
     pure noise in float32. DDPM and DDIM keep the exact 0.
     """
-    ab = torch.cumprod(1.0 - betas_from_config(config), dim=0)
+    if config.get("trained_betas") is not None:
+        raise ValueError("scheduler setting trained_betas is not supported; give beta_schedule instead")
+    ab = NoiseSchedule.from_config(config).alphas_cumprod.clone()
     if finite_terminal_sigma and config.get("rescale_betas_zero_snr", False):
         ab[-1] = 2**-24
     return ab
@@ -215,7 +190,9 @@ def sigma_schedule(config, steps: int, *, karras: bool = False, solver: bool = F
         t = t.round().astype(np.int64)
         if karras:
             sigmas = karras_sigmas(train_sigmas[0].item(), train_sigmas[-1].item(), steps)
-            t = sigma_to_t(sigmas, train_sigmas).round().astype(np.int64)
+            t = sigma_to_t(sigmas, train_sigmas)
+            # diffusers rounds these, except for the cosine schedule, where it truncates
+            t = (t if config["beta_schedule"] == "squaredcos_cap_v2" else t.round()).astype(np.int64)
         else:
             sigmas = np.interp(t, np.arange(T), train_sigmas)
     else:

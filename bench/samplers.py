@@ -61,6 +61,7 @@ def main() -> None:
     prompts = metrics.benchmark_prompts(args.variants, seed=args.seed)
     if args.prompts is not None:
         prompts = prompts[:: max(1, len(prompts) // args.prompts)][: args.prompts]
+    generate(pipe, "ddim", prompts[:1], [0], steps=1, guidance=args.guidance, device=args.device)  # warm-up
     results = {}
     for name in args.samplers:
         for steps in args.steps:

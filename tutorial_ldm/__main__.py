@@ -12,7 +12,7 @@ def _train(args) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(seed=args.seed)
-    for name in ("vae_steps", "unet_steps", "n_latents"):
+    for name in ("vae_steps", "unet_steps", "n_latents", "threads"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     train(args.run_dir, cfg, export_to=args.export)
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-steps", type=int, default=None)
     p.add_argument("--unet-steps", type=int, default=None)
     p.add_argument("--n-latents", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: every core; 1 is faster when other jobs share the CPU)")
     p.set_defaults(func=_train)
 
     from .generation import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS

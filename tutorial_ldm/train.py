@@ -59,6 +59,7 @@ class TrainConfig:
     caption_dropout: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
     checkpoint_every: int = 250
     log_every: int = 10
+    threads: int = 0  # CPU threads for torch; 0 = every core
 
 
 def default_device() -> torch.device:
@@ -121,25 +122,24 @@ def load_state(path: Path, modules: dict, optimizer) -> tuple[int, list]:
     return meta["step"], meta["log"]
 
 
-def _run_loop(stage: str, run_dir: Path, modules: dict, optimizer, scheduler, steps: int,
+def _run_loop(stage: str, run_dir: Path, modules: dict, optimizer, lr_at_step, steps: int,
               cfg: TrainConfig, loss_at_step) -> list:
     """The shared training loop: resume, step, log, checkpoint. Returns the loss log."""
     ckpt = run_dir / f"{stage}_state.safetensors"
     start, log = 0, []
     if ckpt.exists():
         start, log = load_state(ckpt, modules, optimizer)
-        scheduler.last_epoch = start - 1
-        scheduler.step()
     for m in modules.values():
         m.train()
     bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps)
     running = None
     for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at_step(step)
         loss = loss_at_step(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % cfg.log_every == 0:
             log.append([step, loss.item()])
@@ -187,7 +187,7 @@ def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path)
     torch.manual_seed(cfg.seed)
     vae = build_autoencoder(model_cfg).to(device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(100, cfg.vae_steps))
+    schedule = warmup_cosine(100, cfg.vae_steps)
     photos = photo_bank(device)
 
     def loss_at_step(step):
@@ -199,8 +199,8 @@ def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path)
         kl = posterior.kl().mean()  # summed over latent elements, averaged over the batch
         return F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * kl
 
-    log = _run_loop("autoencoder", run_dir, {"vae": vae}, optimizer, scheduler,
-                    cfg.vae_steps, cfg, loss_at_step)
+    log = _run_loop("autoencoder", run_dir, {"vae": vae}, optimizer,
+                    lambda step: cfg.vae_lr * schedule(step), cfg.vae_steps, cfg, loss_at_step)
     return vae.cpu(), log
 
 
@@ -244,8 +244,7 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
                                        if k not in ("set_alpha_to_one", "steps_offset")})
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                  warmup_cosine(cfg.warmup, cfg.unet_steps))
+    schedule = warmup_cosine(cfg.warmup, cfg.unet_steps)
 
     def token_ids(captions):
         return tokenizer(captions, padding="max_length", max_length=model_cfg.max_tokens,
@@ -274,7 +273,7 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
         return F.mse_loss(pred, target.to(device))
 
     log = _run_loop(stage, run_dir, {"text_encoder": text_encoder, "unet": unet}, optimizer,
-                    scheduler, cfg.unet_steps, cfg, loss_at_step)
+                    lambda step: cfg.unet_lr * schedule(step), cfg.unet_steps, cfg, loss_at_step)
     return tokenizer, text_encoder.cpu(), unet.cpu(), log
 
 
@@ -292,7 +291,7 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None,
     cfg, model_cfg = cfg or TrainConfig(), model_cfg or TinyLDMConfig()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     (run_dir / "config.json").write_text(json.dumps(
         {"train": asdict(cfg), "model": asdict(model_cfg)}, indent=2))
 
@@ -323,3 +322,25 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None,
     if export_to is not None:
         pipe.save_pretrained(export_to, safe_serialization=True)
     return pipe
+
+
+# ----------------------------------------------------------------------------- live recipe
+
+# Chapter 3 trains a text encoder + UNet from scratch in a notebook cell, on the shipped
+# autoencoder's latents: a smaller UNet, fewer latents, a short warm-up, no checkpoints.
+LIVE_TRAIN = TrainConfig(n_latents=4000, unet_steps=400, warmup=40, checkpoint_every=10**9)
+LIVE_MODEL = TinyLDMConfig(unet_channels=(32, 64, 64))
+
+
+def train_live(vae, run_dir: str | Path, cfg: TrainConfig = LIVE_TRAIN,
+               model_cfg: TinyLDMConfig = LIVE_MODEL):
+    """Text encoder + UNet from scratch on `vae`'s latents; returns a ready pipeline and the
+    loss log [(step, loss), ...]. With the defaults it takes a few CPU minutes."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    means, stds, captions = encode_world(vae.eval(), cfg.n_latents, seed=cfg.seed + 1)
+    latents = {"means": means, "stds": stds, "captions": captions,
+               "scaling_factor": vae.config.scaling_factor}
+    tokenizer, text_encoder, unet, log = train_denoiser(cfg, model_cfg, run_dir, latents,
+                                                        stage="live")
+    return build_pipeline(model_cfg, vae, text_encoder.eval(), tokenizer, unet.eval()), log

@@ -146,9 +146,14 @@ def test_hub_id_offline_explains_what_to_do(monkeypatch):
         load_pipeline("someone/no-such-model", device="cpu")
 
 
-def test_bad_dtype():
+def test_bad_dtype_and_device():
     with pytest.raises(ValueError, match=r"dtype 'int8' not supported"):
         load_pipeline(device="cpu", dtype="int8")
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a torch device"):
+        load_pipeline(device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' is not available on this machine; available: cpu"):
+            load_pipeline(device="cuda")
 
 
 def test_list_models_scans_an_a1111_folder(tmp_path, monkeypatch):

@@ -84,6 +84,20 @@ def _as_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype {dtype!r} not supported; allowed: {', '.join(_DTYPES)} or the torch dtypes")
 
 
+def _as_device(device) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use 'cuda', 'mps' or 'cpu'") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        here = ", ".join(name for name, ok in available.items() if ok)
+        raise ValueError(f"device {str(device)!r} is not available on this machine; available: {here}")
+    return device
+
+
 def resolve_source(source: str | os.PathLike | None) -> Path | str:
     """Where `source` points: a local Path, or a hub id (str). Raises FileNotFoundError."""
     if source is None:
@@ -229,7 +243,7 @@ def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = Fals
     Errors name the path and what was expected: FileNotFoundError for a missing path,
     ValueError for a file or folder of the wrong format, OSError for an unreachable hub id.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = _as_device(device)
     dtype = _as_dtype(dtype) if dtype is not None else default_dtype(device)
     where = resolve_source(source)
     if isinstance(where, str):
@@ -255,7 +269,7 @@ def configure_pipeline(pipe, *, device=None, low_vram: bool = False):
     (one image of a batch at a time) and tiling (large images in overlapping tiles), and on
     CUDA model CPU offload (accelerate moves each model to the GPU only while it runs).
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = _as_device(device)
     pipe.set_progress_bar_config(disable=True)
     if low_vram:
         pipe.enable_attention_slicing()

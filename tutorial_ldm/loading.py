@@ -2,7 +2,7 @@
 single AUTOMATIC1111-style checkpoint file, safely.
 
 Where checkpoints live (as in the web UI): put downloaded `.safetensors` files (or diffusers
-folders) in `models/Stable-diffusion/` under the folder you run from, or point the environment
+folders) in `models/Stable-diffusion/` at the top of the course folder, or point the environment
 variable `TUTORIAL_LDM_MODELS_DIR` at another folder. `list_models()` scans it, and a bare file
 name given to `load_pipeline` is looked up there. See docs/checkpoints.md.
 
@@ -21,15 +21,18 @@ from pathlib import Path
 import torch
 
 MODELS_DIR_ENV = "TUTORIAL_LDM_MODELS_DIR"
-DEFAULT_MODELS_DIR = Path("models") / "Stable-diffusion"  # relative to the working directory
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-ldm"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# At the top of the course folder, whatever the working directory (notebooks run in notebooks/).
+DEFAULT_MODELS_DIR = REPO_ROOT / "models" / "Stable-diffusion"
+SHIPPED_MODEL = REPO_ROOT / "assets" / "tiny-ldm"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _EXPECTED = "a diffusers folder (with model_index.json), a .safetensors or .ckpt file, or a hub id"
 
 
 def models_dir(folder: str | os.PathLike | None = None) -> Path:
-    """The checkpoint folder: `folder`, else $TUTORIAL_LDM_MODELS_DIR, else ./models/Stable-diffusion."""
+    """The checkpoint folder: `folder`, else $TUTORIAL_LDM_MODELS_DIR, else models/Stable-diffusion
+    at the top of the course folder."""
     if folder is not None:
         return Path(folder).expanduser()
     return Path(os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR).expanduser()

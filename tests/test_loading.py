@@ -2,12 +2,14 @@
 
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_sd import tiny_sd_files
 
-from tutorial_ldm.loading import MODELS_DIR_ENV, list_models, load_pipeline, model_name
+import tutorial_ldm
+from tutorial_ldm.loading import MODELS_DIR_ENV, list_models, load_pipeline, model_name, models_dir
 
 
 def assert_same_weights(pipe, reference):
@@ -169,9 +171,10 @@ def test_list_models_scans_an_a1111_folder(tmp_path, monkeypatch):
 
     monkeypatch.setenv(MODELS_DIR_ENV, str(root))
     assert list_models() == list_models(root)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # notebooks run in notebooks/: the default must not follow the cwd
     monkeypatch.delenv(MODELS_DIR_ENV)
-    assert list_models() == [p.relative_to(tmp_path) for p in list_models(root)]  # ./models/Stable-diffusion
+    course = Path(tutorial_ldm.__file__).resolve().parent.parent
+    assert models_dir() == course / "models" / "Stable-diffusion"
     assert list_models(tmp_path / "nowhere") == []
 
 

@@ -30,8 +30,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (tutorial-ldm)"
 	touch $@
 
+# Jupyter refuses to start as root unless told; as root you are in a container or CI anyway.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	JUPYTER_PATH="$(CURDIR)/$(VENV)/share/jupyter" $(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(ARGS)
+	JUPYTER_PATH="$(CURDIR)/$(VENV)/share/jupyter" \
+	  $(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(AS_ROOT) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

@@ -1,6 +1,7 @@
 """The forward process against diffusers' DDPMScheduler, the chain against the closed form, and
 the errors a student sees for bad arguments."""
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -193,6 +194,17 @@ def test_mismatched_shapes():
         schedule.q_step(x0, 5, torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match=r"one per sample \(shape \(2,\)\), got shape \(3,\)"):
         schedule.add_noise(x0, torch.zeros_like(x0), torch.tensor([1, 2, 3]))
+
+
+def test_non_float_samples_are_refused():
+    schedule = NoiseSchedule()
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)  # an unscaled image: would come out all zero
+    with pytest.raises(ValueError, match="x0 must be a floating-point torch.Tensor.*torch.uint8"):
+        schedule.q_sample(image, 5, torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="x0 must be a floating-point torch.Tensor.*got ndarray"):
+        schedule.q_sample(np.zeros((3, 8, 8), np.float32), 5, torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="noise must be"):
+        schedule.q_step(torch.zeros(3), 5, torch.zeros(3, dtype=torch.long))
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
-"""Command line: `python -m tutorial_ldm train …`."""
+"""Command line: `python -m tutorial_ldm train …` and `python -m tutorial_ldm generate …`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def _train(args) -> int:
@@ -14,6 +16,46 @@ def _train(args) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     train(args.run_dir, cfg, export_to=args.export)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Only errors from transformers/diffusers: the command prints its own progress."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _outputs(out: Path, n: int) -> list[Path]:
+    """out.png for one image; out-0.png, out-1.png, … for a batch."""
+    return [out] if n == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(n)]
+
+
+def _generate(args) -> int:
+    try:
+        out = Path(args.out)
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"--out {out}: images are saved as .png (the settings live in a PNG text chunk)")
+        _quiet_libraries()
+        from .generation import generate
+        from .loading import load_pipeline
+        from .parameters import read_parameters, save_image
+
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
+                             low_vram=args.low_vram, config=args.config)
+        images = generate(pipe, args.prompt, args.negative, steps=args.steps, guidance=args.cfg,
+                          seed=args.seed, sampler=args.sampler, width=args.width, height=args.height,
+                          batch_size=args.batch_size, progress=True)
+        for image, path in zip(images, _outputs(out, len(images))):
+            save_image(image, path)
+            print(f"{path}  (seed {read_parameters(image).seed})")
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:  # bad input: one line, no traceback
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -31,6 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: every core; 1 is faster when other jobs share the CPU)")
     p.set_defaults(func=_train)
+
+    from .generation import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+
+    p = sub.add_parser("generate", help="text to image with the shipped model or your checkpoint")
+    p.add_argument("prompt", help="A1111 syntax: (word:1.3), [word], BREAK; \"\" for unconditional")
+    p.add_argument("--negative", default="", help="negative prompt, same syntax")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--cfg", type=float, default=DEFAULT_GUIDANCE, help="guidance scale")
+    p.add_argument("--seed", type=int, default=-1, help="-1: random (printed, and saved in the PNG)")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, help="euler_a, euler, ddim, ddpm, dpmpp_2m, "
+                   "dpmpp_2m_karras, or A1111's names (\"Euler a\", \"DPM++ 2M Karras\")")
+    p.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--batch-size", type=int, default=1, help="image k gets seed + k")
+    p.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file, a name in "
+                   "models/Stable-diffusion, or a hub id (default: the shipped tiny model)")
+    p.add_argument("--config", default=None, help="for a single file offline: a local diffusers "
+                   "folder of the same architecture")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--low-vram", action="store_true", help="slicing, tiling and CPU offload for ~6 GB GPUs")
+    p.add_argument("--out", default="out.png", help="PNG path; a batch adds -0, -1, …")
+    # a bad option gets one line, like any other bad input
+    p.error = lambda message: p.exit(2, f"error: {message}\n")
+    p.set_defaults(func=_generate)
     return parser
 
 

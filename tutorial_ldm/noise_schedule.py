@@ -155,7 +155,15 @@ def _check_timesteps(t, num_train_timesteps: int, batch_size: int) -> torch.Tens
     return t
 
 
-def _check_same_shape(noise: torch.Tensor, x: torch.Tensor, x_name: str) -> None:
+def _check_sample(x: torch.Tensor, noise: torch.Tensor, x_name: str) -> None:
+    """Float tensors of one shape: an integer image (uint8) would be scaled to nothing."""
+    for name, value in ((x_name, x), ("noise", noise)):
+        if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+            kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"{name} must be a floating-point torch.Tensor (an image scaled to [-1, 1]), "
+                f"got {kind}"
+            )
     if noise.shape != x.shape:
         raise ValueError(
             f"noise has shape {tuple(noise.shape)} but {x_name} has shape {tuple(x.shape)}; "
@@ -175,7 +183,7 @@ def q_sample(
 
     `t` is one integer timestep or one per sample (x0's first dim); `noise` is ε, x0's shape.
     """
-    _check_same_shape(noise, x0, "x0")
+    _check_sample(x0, noise, "x0")
     t = _check_timesteps(t, len(alphas_cumprod), x0.shape[0] if x0.dim() else 1)
     a_bar = _per_sample(alphas_cumprod.to(x0.device, x0.dtype)[t.to(x0.device)], x0)
     return a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * noise
@@ -183,7 +191,7 @@ def q_sample(
 
 def q_step(x_prev: torch.Tensor, t, noise: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
     """One step of the chain, q(x_t | x_{t-1}): x_t = √(1-β_t)·x_{t-1} + √β_t·ε (DDPM Eq. 2)."""
-    _check_same_shape(noise, x_prev, "x_prev")
+    _check_sample(x_prev, noise, "x_prev")
     t = _check_timesteps(t, len(betas), x_prev.shape[0] if x_prev.dim() else 1)
     beta = _per_sample(betas.to(x_prev.device, x_prev.dtype)[t.to(x_prev.device)], x_prev)
     return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise

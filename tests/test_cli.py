@@ -1,0 +1,86 @@
+"""`python -m tutorial_ldm generate`: an image with its settings, or one line of error and no file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_sd import shipped_pipe
+
+from tutorial_ldm.__main__ import main
+from tutorial_ldm.generation import generate
+from tutorial_ldm.parameters import read_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tutorial_ldm", "generate", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_generate_writes_the_png_with_its_settings(tmp_path):
+    result = run_cli("a red circle on the left", "--negative", "(blue:1.2)", "--steps", "2", "--cfg", "5",
+                     "--seed", "42", "--sampler", "euler_a", "--width", "64", "--height", "64",
+                     "--out", "out.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "out.png  (seed 42)"
+    assert "sampling" in result.stderr  # the progress bar
+    settings = read_parameters(tmp_path / "out.png")
+    assert (settings.prompt, settings.negative_prompt, settings.steps, settings.guidance) == (
+        "a red circle on the left", "(blue:1.2)", 2, 5.0)
+    assert (settings.seed, settings.sampler, settings.width, settings.height) == (42, "euler_a", 64, 64)
+    same = generate(shipped_pipe(), **settings.generate_kwargs(), progress=False)[0]
+    assert np.array_equal(np.asarray(same), np.asarray(read_image(tmp_path / "out.png")))
+
+
+def read_image(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width", "63"], "error: width=63 must be a positive multiple of 4"),
+    (["--model", "models/Stable-diffusion/missing.safetensors"], "error: no such file or folder: "),
+])
+def test_bad_input_one_line_no_traceback_no_file(tmp_path, args, message):
+    result = run_cli("a red circle", "--steps", "1", *args, "--out", "out.png", cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "abc"], "error: argument --steps: invalid int value: 'abc'"),
+    (["--steps", "0"], "error: steps=0 must be an integer from 1 to 1000"),
+    (["--cfg", "nan"], "error: guidance=nan must be a finite number ≥ 0"),
+    (["--seed", str(2**32)], "error: seed=4294967296 must be -1 (random)"),
+    (["--batch-size", "0"], "error: batch_size=0 must be an integer ≥ 1"),
+    (["--sampler", "magic"], "error: unknown sampler 'magic'"),
+    (["--out", "out.jpg"], "error: --out out.jpg: images are saved as .png"),
+])
+def test_more_bad_inputs_in_process(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["generate", "a red circle", *args])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_gets_numbered_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "a blue square", "--steps", "1", "--seed", "9", "--batch-size", "2",
+                 "--out", "shapes/sq.png"]) == 0
+    assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == ["sq-0.png", "sq-1.png"]
+    assert [read_parameters(tmp_path / "shapes" / f"sq-{k}.png").seed for k in (0, 1)] == [9, 10]

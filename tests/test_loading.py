@@ -1,0 +1,185 @@
+"""Loading every kind of checkpoint a user may have, and refusing what is broken or unsafe."""
+
+import pickle
+import shutil
+
+import pytest
+import torch
+from tiny_sd import tiny_sd_files
+
+from tutorial_ldm.loading import MODELS_DIR_ENV, list_models, load_pipeline, model_name
+
+
+def assert_same_weights(pipe, reference):
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(reference, name).state_dict()
+        assert ours.keys() == theirs.keys(), name
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key]), f"{name}.{key}"
+
+
+def test_shipped_model_is_the_default():
+    pipe = load_pipeline(device="cpu")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.unet.dtype == torch.float32 and pipe.device.type == "cpu"
+    assert model_name(pipe) == "tiny-ldm"
+
+
+def test_diffusers_folder():
+    files = tiny_sd_files()
+    pipe = load_pipeline(files.folder, device="cpu")
+    assert_same_weights(pipe, files.pipe)
+    assert model_name(pipe) == "diffusers"
+
+
+def test_single_safetensors_offline_with_a_config_folder():
+    files = tiny_sd_files()
+    assert not list(files.config.rglob("*.safetensors"))  # every weight comes from the file
+    pipe = load_pipeline(files.single, config=files.config, device="cpu")
+    assert_same_weights(pipe, files.pipe)
+    assert model_name(pipe) == "tiny-sd"
+    assert pipe.tokenizer("red").input_ids == files.pipe.tokenizer("red").input_ids
+
+
+def test_plain_ckpt_loads_through_weights_only():
+    files = tiny_sd_files()
+    pipe = load_pipeline(files.ckpt, config=files.config, device="cpu")
+    assert_same_weights(pipe, files.pipe)
+
+
+def test_single_file_without_config_offline_says_how_to_fix_it(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    files = tiny_sd_files()
+    with pytest.raises(ValueError, match=r"tiny-sd\.safetensors.*config="):
+        load_pipeline(files.single, device="cpu")
+
+
+class Payload:
+    """Unpickling this calls open(marker, "w"): it creates a file if its code ever runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("fmt", ["torch zip", "torch legacy", "raw pickle"])
+def test_malicious_ckpt_is_refused_and_its_code_never_runs(tmp_path, fmt):
+    files = tiny_sd_files()
+    marker = tmp_path / "pwned.txt"
+    state = {"state_dict": {"model.diffusion_model.out.2.bias": torch.zeros(4), "x": Payload(marker)}}
+    ckpt = tmp_path / "evil.ckpt"
+    if fmt == "torch zip":
+        torch.save(state, ckpt)
+    elif fmt == "torch legacy":
+        torch.save(state, ckpt, _use_new_zipfile_serialization=False)
+    else:
+        ckpt.write_bytes(pickle.dumps(state))
+
+    with pytest.raises(ValueError, match=r"refused to load .*evil\.ckpt: .*torch\.save"):
+        load_pipeline(ckpt, config=files.config, device="cpu")
+    assert not marker.exists()
+
+    if fmt == "torch zip":  # the payload is live: an unsafe load would have run it
+        torch.load(ckpt, weights_only=False)
+        assert marker.exists()
+
+
+def test_missing_path(tmp_path):
+    missing = tmp_path / "models" / "majicmixRealistic_v7.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"majicmixRealistic_v7\.safetensors.*expected"):
+        load_pipeline(missing, device="cpu")
+
+
+def test_text_file_renamed_safetensors(tmp_path):
+    fake = tmp_path / "model.safetensors"
+    fake.write_text("<html>404 Not Found</html>\n" * 20)
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a valid \.safetensors file"):
+        load_pipeline(fake, device="cpu")
+
+
+def test_text_file_renamed_ckpt(tmp_path):
+    fake = tmp_path / "model.ckpt"
+    fake.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"model\.ckpt.*Expected a state dict saved by torch\.save"):
+        load_pipeline(fake, device="cpu")
+
+
+def test_truncated_safetensors(tmp_path):
+    data = tiny_sd_files().single.read_bytes()
+    cut = tmp_path / "half.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"half\.safetensors is not a valid .*truncated"):
+        load_pipeline(cut, config=tiny_sd_files().config, device="cpu")
+
+
+def test_a_safetensors_that_is_not_a_whole_model(tmp_path):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "add_detail.safetensors"  # a LoRA in the checkpoint folder by mistake
+    save_file({"lora_unet_down_blocks_0_attentions_0.lora_down.weight": torch.zeros(4, 32)}, lora)
+    with pytest.raises(ValueError, match=r"could not load .*add_detail\.safetensors as a Stable Diffusion checkpoint"):
+        load_pipeline(lora, config=tiny_sd_files().config, device="cpu")
+
+
+def test_folder_without_model_index(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ValueError, match=r"without model_index\.json; expected a diffusers pipeline folder"):
+        load_pipeline(tmp_path, device="cpu")
+
+
+def test_unknown_file_format(tmp_path):
+    weird = tmp_path / "model.bin"
+    weird.write_bytes(b"\0" * 100)
+    with pytest.raises(ValueError, match=r"model\.bin has an unknown format '\.bin'"):
+        load_pipeline(weird, device="cpu")
+
+
+def test_hub_id_offline_explains_what_to_do(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match=r"'someone/no-such-model' is not a local file or folder.*download"):
+        load_pipeline("someone/no-such-model", device="cpu")
+
+
+def test_bad_dtype():
+    with pytest.raises(ValueError, match=r"dtype 'int8' not supported"):
+        load_pipeline(device="cpu", dtype="int8")
+
+
+def test_list_models_scans_an_a1111_folder(tmp_path, monkeypatch):
+    root = tmp_path / "models" / "Stable-diffusion"
+    (root / "anime").mkdir(parents=True)
+    (root / "majicmixRealistic_v7.safetensors").write_bytes(b"x")
+    (root / "anime" / "old.ckpt").write_bytes(b"x")
+    (root / "README.txt").write_text("put checkpoints here")
+    (root / ".cache.safetensors").write_bytes(b"x")
+    shutil.copytree(tiny_sd_files().folder, root / "sd-diffusers")
+    found = [p.relative_to(root).as_posix() for p in list_models(root)]
+    assert found == ["anime/old.ckpt", "majicmixRealistic_v7.safetensors", "sd-diffusers"]
+
+    monkeypatch.setenv(MODELS_DIR_ENV, str(root))
+    assert list_models() == list_models(root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(MODELS_DIR_ENV)
+    assert list_models() == [p.relative_to(tmp_path) for p in list_models(root)]  # ./models/Stable-diffusion
+    assert list_models(tmp_path / "nowhere") == []
+
+
+def test_a_bare_name_is_found_in_the_models_folder(tmp_path, monkeypatch):
+    files = tiny_sd_files()
+    shutil.copy(files.single, tmp_path / "my-model.safetensors")
+    monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path))
+    pipe = load_pipeline("my-model.safetensors", config=files.config, device="cpu")
+    assert model_name(pipe) == "my-model"
+
+
+def test_low_vram_turns_on_slicing_and_tiling():
+    pipe = load_pipeline(tiny_sd_files().folder, device="cpu", low_vram=True)
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"SlicedAttnProcessor"}

@@ -1,0 +1,76 @@
+"""The shipped tiny model: a small, stock diffusers pipeline that loads offline and follows
+prompts well enough that a broken model, loader or scheduler config would fail here."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from tutorial_ldm import metrics
+
+MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-ldm"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_shipped_folder_is_small_and_safetensors_only():
+    files = [f for f in MODEL.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 25 * 2**20
+    weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth")]
+    assert {f.parent.name for f in weights} == {"unet", "vae", "text_encoder"}
+    assert all(f.suffix == ".safetensors" for f in weights)
+    assert (MODEL / "README.md").exists()  # the model card
+
+
+def test_components_match_the_paper_setup(pipe):
+    assert pipe.safety_checker is None
+    assert pipe.vae_scale_factor == 4  # f = 4: 64×64×3 -> 16×16×4
+    assert pipe.unet.config.sample_size == 16 and pipe.unet.config.in_channels == 4
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    scale = pipe.vae.config.scaling_factor
+    assert 0.05 < scale < 20 and scale != 1.0  # measured from data, as SD's 0.18215 was
+    config = pipe.scheduler.config
+    assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
+    assert config.timestep_spacing == "trailing" and config.steps_offset == 1
+
+
+def test_tokenizer_is_case_insensitive_and_maps_unknown_words(pipe):
+    tok = pipe.tokenizer
+    assert tok("A  RED circle").input_ids == tok("a red circle").input_ids
+    ids = tok("a red circle on the left, highly detailed").input_ids
+    assert tok.unk_token_id in ids
+    assert tok.model_max_length == 77
+
+
+def test_latent_scale_gives_unit_variance(pipe):
+    from tutorial_ldm import world
+
+    x = torch.from_numpy(world.render_batch(world.sample_scenes(64, seed=99)))
+    with torch.no_grad():
+        z = pipe.vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(0))
+    assert 0.7 < float((z * pipe.vae.config.scaling_factor).std()) < 1.3
+
+
+def test_same_seed_same_image(pipe):
+    def run(seed):
+        return pipe("a blue square at the top", num_inference_steps=10, guidance_scale=5,
+                    generator=torch.Generator().manual_seed(seed), output_type="np").images
+    a, b, c = run(3), run(3), run(4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_shipped_model_follows_prompts(pipe):
+    prompts = metrics.benchmark_prompts(variants=1)[::3][:32]  # 32 prompts, all colours/shapes
+    generators = [torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))]
+    images = pipe(prompts, num_inference_steps=25, guidance_scale=5.0, generator=generators,
+                  output_type="np").images
+    scores = metrics.adherence(list((images * 255).round().astype(np.uint8)), prompts)
+    assert scores["colour"] >= 0.8 and scores["position"] >= 0.8, scores
+    assert scores["all3"] >= 0.6, scores

@@ -1,0 +1,153 @@
+"""Test helper: a tiny SD-1.5-architecture pipeline saved the way A1111/civitai ship checkpoints.
+
+A single-file checkpoint stores the three models under the original CompVis LDM names
+(`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`). This
+helper renames a diffusers pipeline's state dicts back to those names, the inverse of
+diffusers' `convert_ldm_unet_checkpoint` / `convert_ldm_vae_checkpoint` /
+`convert_ldm_clip_checkpoint` (diffusers/loaders/single_file_utils.py), so that
+`from_single_file` can be tested without downloading a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
+               "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+               "conv_shortcut": "skip_connection"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_prefixes(cfg) -> dict[str, str]:
+    """diffusers module path -> LDM module path, for every block of the UNet."""
+    per_level = cfg.layers_per_block + 1  # LDM counts the down/upsampler as a layer
+    n = len(cfg.block_out_channels)
+    names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
+             "mid_block.resnets.1": "middle_block.2"}
+    for b in range(n):
+        for j in range(cfg.layers_per_block):
+            i = 1 + b * per_level + j
+            names[f"down_blocks.{b}.resnets.{j}"] = f"input_blocks.{i}.0"
+            names[f"down_blocks.{b}.attentions.{j}"] = f"input_blocks.{i}.1"
+        if b < n - 1:
+            names[f"down_blocks.{b}.downsamplers.0.conv"] = f"input_blocks.{1 + b * per_level + per_level - 1}.0.op"
+        has_attention = "CrossAttn" in cfg.up_block_types[b]
+        for j in range(per_level):
+            i = b * per_level + j
+            names[f"up_blocks.{b}.resnets.{j}"] = f"output_blocks.{i}.0"
+            names[f"up_blocks.{b}.attentions.{j}"] = f"output_blocks.{i}.1"
+        if b < n - 1:
+            last = b * per_level + per_level - 1
+            names[f"up_blocks.{b}.upsamplers.0.conv"] = f"output_blocks.{last}.{2 if has_attention else 1}.conv"
+    return names
+
+
+def _vae_prefixes(cfg) -> dict[str, str]:
+    n = len(cfg.block_out_channels)
+    names = {"encoder.conv_norm_out": "encoder.norm_out", "decoder.conv_norm_out": "decoder.norm_out"}
+    for part in ("encoder", "decoder"):
+        names[f"{part}.mid_block.resnets.0"] = f"{part}.mid.block_1"
+        names[f"{part}.mid_block.resnets.1"] = f"{part}.mid.block_2"
+        names[f"{part}.mid_block.attentions.0"] = f"{part}.mid.attn_1"
+    for i in range(n):
+        names[f"encoder.down_blocks.{i}.resnets"] = f"encoder.down.{i}.block"
+        names[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = f"encoder.down.{i}.downsample.conv"
+        names[f"decoder.up_blocks.{i}.resnets"] = f"decoder.up.{n - 1 - i}.block"
+        names[f"decoder.up_blocks.{i}.upsamplers.0.conv"] = f"decoder.up.{n - 1 - i}.upsample.conv"
+    return names
+
+
+def _rename(key: str, prefixes: dict[str, str]) -> tuple[str, str, str]:
+    """(diffusers prefix, LDM prefix, rest) for the longest known prefix of `key`."""
+    best = max((p for p in prefixes if key.startswith(p + ".")), key=len, default=None)
+    if best is None:
+        return "", "", key
+    return best, prefixes[best], key[len(best) + 1:]
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    prefixes = _unet_prefixes(unet.config)
+    out = {}
+    for key, value in unet.state_dict().items():
+        old, new, rest = _rename(key, prefixes)
+        if ".resnets." in old:
+            first, _, tail = rest.partition(".")
+            rest = f"{UNET_RESNET.get(first, first)}.{tail}"
+        out["model.diffusion_model." + (f"{new}.{rest}" if new else rest)] = value
+    return out
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    prefixes = _vae_prefixes(vae.config)
+    out = {}
+    for key, value in vae.state_dict().items():
+        old, new, rest = _rename(key, prefixes)
+        if ".resnets" in old or ".mid_block.resnets." in old:
+            rest = rest.replace("conv_shortcut", "nin_shortcut")
+        if ".attentions." in old:
+            module, _, param = rest.rpartition(".")
+            rest = f"{VAE_ATTENTION.get(module, module)}.{param}"
+            if value.ndim == 2:  # LDM's attention projections are 1×1 convolutions
+                value = value[:, :, None, None]
+        out["first_stage_model." + (f"{new}.{rest}" if new else rest)] = value
+    return out
+
+
+def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in text_encoder.state_dict().items():
+        key = key if key.startswith("text_model.") else "text_model." + key
+        out["cond_stage_model.transformer." + key] = value
+    return out
+
+
+def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's weights under A1111 single-file checkpoint names (contiguous copies)."""
+    state = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text_encoder_to_ldm(pipe.text_encoder)}
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models shared by the test modules, built once per test session
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_sd_files() -> SimpleNamespace:
+    """A tiny SD-1.5-architecture pipeline on disk in every form a user may have it.
+
+    folder: a diffusers folder; config: the same without weights (for offline single-file
+    loading); single: an A1111 `.safetensors`; ckpt: the same as a `.ckpt` (a `state_dict`
+    inside, as the original checkpoints have); pipe: the pipeline they all hold.
+    """
+    from safetensors.torch import save_file
+
+    from tutorial_ldm.sd_architecture import build_sd15_pipeline
+
+    root = Path(tempfile.mkdtemp(prefix="tiny-sd-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    pipe = build_sd15_pipeline(tiny=True, seed=0)
+    pipe.save_pretrained(root / "diffusers")
+    shutil.copytree(root / "diffusers", root / "config",
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    state = ldm_state_dict(pipe)
+    save_file(state, root / "tiny-sd.safetensors")
+    torch.save({"state_dict": state}, root / "tiny-sd.ckpt")
+    return SimpleNamespace(folder=root / "diffusers", config=root / "config",
+                           single=root / "tiny-sd.safetensors", ckpt=root / "tiny-sd.ckpt", pipe=pipe)
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_pipe():
+    """The shipped tiny LDM on the CPU (don't modify it in a test: load your own for that)."""
+    from tutorial_ldm.loading import load_pipeline
+
+    return load_pipeline(device="cpu")

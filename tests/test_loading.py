@@ -191,3 +191,13 @@ def test_low_vram_turns_on_slicing_and_tiling():
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
     assert processors == {"SlicedAttnProcessor"}
+
+
+def test_loading_the_shipped_model_prints_no_torchvision_notice():
+    """A fresh process, since transformers warns only once per process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import tutorial_ldm; tutorial_ldm.load_pipeline()"],
+                         capture_output=True, text=True, check=True)
+    assert "torchvision" not in out.stderr + out.stdout

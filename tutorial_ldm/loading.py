@@ -14,8 +14,10 @@ anything else before any of it runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -230,6 +232,23 @@ def _from_single_file(path: Path, dtype: torch.dtype, config):
     return pipe
 
 
+@contextmanager
+def _without_torchvision_notice():
+    """Loading an SD pipeline makes diffusers look up CLIPImageProcessor (for the safety checker,
+    which we never load) and transformers then warns that torchvision is missing: a red box in
+    every first notebook cell that alarms students and means nothing here."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+
+    def drop(record):
+        return "requires torchvision" not in record.getMessage()
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = False, config=None):
     """Load a Stable-Diffusion-architecture pipeline, ready for `tutorial_ldm.generate`.
 
@@ -249,12 +268,13 @@ def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = Fals
     device = _as_device(device)
     dtype = _as_dtype(dtype) if dtype is not None else default_dtype(device)
     where = resolve_source(source)
-    if isinstance(where, str):
-        pipe = _from_hub(where, dtype)
-    elif where.is_dir():
-        pipe = _from_folder(where, dtype)
-    else:
-        pipe = _from_single_file(where, dtype, config)
+    with _without_torchvision_notice():
+        if isinstance(where, str):
+            pipe = _from_hub(where, dtype)
+        elif where.is_dir():
+            pipe = _from_folder(where, dtype)
+        else:
+            pipe = _from_single_file(where, dtype, config)
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
                if getattr(pipe, c, None) is None]
     if missing or hasattr(pipe, "text_encoder_2"):

@@ -1,10 +1,10 @@
 """Steps against prompt adherence for each sampler: the LDM paper's DDIM trade-off at tiny scale.
 
-    python bench/samplers.py [--model assets/tiny-ldm] [--steps 10 20 50 100 200] [--prompts 90]
+    python bench/samplers.py [--model assets/tiny-ldm] [--steps 10 20 50 100 200] [--prompts N]
 
-Generates one image per benchmark prompt (every colour × shape × position, `tutorial_ldm.metrics`)
-with each of our samplers (`tutorial_ldm.samplers.sample`) at each step count, seed = --seed + the
-prompt's index, and prints the share of images whose colour, shape and position all match the
+Generates one image per benchmark prompt (`tutorial_ldm.metrics.benchmark_prompts`: every colour ×
+shape × position, plain and with a size and background, 180 prompts) with each of our samplers
+(`tutorial_ldm.samplers.sample`) at each step count, seed = --seed + the prompt's index, and prints the share of images whose colour, shape and position all match the
 prompt ("all3") and the seconds per image, as a markdown table.
 """
 
@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tutorial_ldm import metrics
-from tutorial_ldm.samplers import SAMPLERS, sample
+from tutorial_ldm.samplers import A1111_NAMES, SAMPLERS, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "assets" / "tiny-ldm"))
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 50, 100, 200])
-    parser.add_argument("--prompts", type=int, default=90, help="the first N benchmark prompts (90 per variant)")
+    parser.add_argument("--variants", type=int, default=2, help="90 benchmark prompts per variant")
+    parser.add_argument("--prompts", type=int, default=None, help="only N of them, evenly spread")
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -57,7 +58,9 @@ def main() -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    prompts = metrics.benchmark_prompts(variants=-(-args.prompts // 90), seed=args.seed)[: args.prompts]
+    prompts = metrics.benchmark_prompts(args.variants, seed=args.seed)
+    if args.prompts is not None:
+        prompts = prompts[:: max(1, len(prompts) // args.prompts)][: args.prompts]
     results = {}
     for name in args.samplers:
         for steps in args.steps:
@@ -76,7 +79,7 @@ def main() -> None:
         f"\n{len(prompts)} prompts, guidance {args.guidance}, batch {args.batch}, {args.device}: "
         "colour+shape+position adherence (all3) / seconds per image\n"
     )
-    print("| steps | " + " | ".join(args.samplers) + " |")
+    print("| steps | " + " | ".join(f"{n} ({A1111_NAMES[n]})" for n in args.samplers) + " |")
     print("|---:|" + "---:|" * len(args.samplers))
     for steps in args.steps:
         cells = [f"{100 * results[n, steps][0]:.0f}% / {results[n, steps][1]:.3f}s" for n in args.samplers]

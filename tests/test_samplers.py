@@ -72,7 +72,7 @@ def pipe():
     return p
 
 
-def scheduler_config(pipe, changes):
+def scheduler_config(changes):
     return {**tm.scheduler_config(SMALL), **changes}  # not pipe.scheduler's: the tests swap it
 
 
@@ -149,7 +149,7 @@ CASES = [(n, c) for n in SAMPLERS for c in CONFIGS if (n, c) != ("dpmpp_2m_karra
 
 @pytest.mark.parametrize("name, config_name", CASES)
 def test_matches_diffusers(pipe, name, config_name):
-    config = scheduler_config(pipe, CONFIGS[config_name])
+    config = scheduler_config(CONFIGS[config_name])
     ref, ref_trace = run_diffusers(pipe, name, config)
     ours, our_trace = run_ours(pipe, name, config)
     assert max_diff(ours, ref) <= TOL
@@ -161,14 +161,14 @@ def test_matches_diffusers(pipe, name, config_name):
 @pytest.mark.parametrize("name", ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"])
 def test_sigma_samplers_handle_eps_with_zero_terminal_snr(pipe, name):
     # σ_T = ∞ here; like diffusers we start from ᾱ_T = 2⁻²⁴ (σ ≈ 4096)
-    config = scheduler_config(pipe, {"prediction_type": "epsilon"})
+    config = scheduler_config({"prediction_type": "epsilon"})
     assert max_diff(run_ours(pipe, name, config)[0], run_diffusers(pipe, name, config)[0]) <= TOL
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim"])
 def test_eps_at_zero_terminal_snr_is_refused_by_alpha_samplers(pipe, name):
     # x̂₀ = (x − ε̂)/√ᾱ_T divides by 0 (diffusers returns NaNs); we say why instead
-    config = scheduler_config(pipe, {"prediction_type": "epsilon"})
+    config = scheduler_config({"prediction_type": "epsilon"})
     with pytest.raises(ValueError, match="zero terminal SNR"):
         run_ours(pipe, name, config)
 
@@ -176,7 +176,7 @@ def test_eps_at_zero_terminal_snr_is_refused_by_alpha_samplers(pipe, name):
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_tolerance_is_meaningful(pipe, name):
     """A sampler off by one step, or telling the UNet the next timestep, fails the 2/255 test."""
-    config = scheduler_config(pipe, {})
+    config = scheduler_config({})
     ref, _ = run_diffusers(pipe, name, config)
     ours_one_more_step, _ = run_ours(pipe, name, config, steps=STEPS + 1)
     assert max_diff(ours_one_more_step, ref) > 4 * TOL
@@ -192,7 +192,7 @@ def test_tolerance_is_meaningful(pipe, name):
 
 
 def test_samplers_give_different_images(pipe):
-    config = scheduler_config(pipe, {})
+    config = scheduler_config({})
     images = {name: run_ours(pipe, name, config)[0] for name in ("ddim", "euler_a", "dpmpp_2m_karras")}
     assert max_diff(images["ddim"], images["euler_a"]) > 10 * TOL
     assert max_diff(images["ddim"], images["dpmpp_2m_karras"]) > 10 * TOL
@@ -201,7 +201,7 @@ def test_samplers_give_different_images(pipe):
 def test_generator_list_gives_each_image_its_own_seed(pipe):
     """A1111's seed+k rule: image k of a batch equals the image generated alone with seed k,
     for a sampler that draws fresh noise at every step."""
-    config = scheduler_config(pipe, {})
+    config = scheduler_config({})
     batch, _ = run_ours(pipe, "euler_a", config, seeds=(5, 6))
     assert max_diff(batch, run_diffusers(pipe, "euler_a", config, seeds=(5, 6))[0]) <= TOL
     for k, seed in enumerate((5, 6)):
@@ -211,12 +211,12 @@ def test_generator_list_gives_each_image_its_own_seed(pipe):
 
 
 def test_ddim_eta(pipe):
-    config = scheduler_config(pipe, {})
+    config = scheduler_config({})
     ours, _ = run_ours(pipe, "ddim", config, eta=0.5)
     assert max_diff(ours, run_diffusers(pipe, "ddim", config, eta=0.5)[0]) <= TOL
     # DDIM with η = 1 is DDPM (Song et al. 2021, §4.1) when its stride hits the listed timesteps
     # and its last step lands on ᾱ = 1 as DDPM's does
-    config = scheduler_config(pipe, {"set_alpha_to_one": True})
+    config = scheduler_config({"set_alpha_to_one": True})
     ddim1, _ = run_ours(pipe, "ddim", config, steps=5, eta=1.0)
     ddpm, _ = run_ours(pipe, "ddpm", config, steps=5)
     assert max_diff(ddim1, ddpm) <= TOL
@@ -241,7 +241,7 @@ def test_ddim_eta_one_from_pure_noise_is_finite():
 def test_dpmpp_karras_with_repeated_timesteps(pipe, changes, steps):
     # Karras σ's near σ_max map to the same timestep (999 three times for the shipped model's
     # schedule at 50 steps); we walk the σ's in order, as diffusers does once its counter starts at 0
-    config = scheduler_config(pipe, changes)
+    config = scheduler_config(changes)
     schedule = build_schedule("dpmpp_2m_karras", config, steps)
     assert schedule.timesteps[0] == schedule.timesteps[1]
     ours, _ = run_ours(pipe, "dpmpp_2m_karras", config, steps=steps)
@@ -250,14 +250,14 @@ def test_dpmpp_karras_with_repeated_timesteps(pipe, changes, steps):
 
 
 def test_without_guidance(pipe):
-    config = scheduler_config(pipe, {})
+    config = scheduler_config({})
     # diffusers' rule: no guidance unless guidance_scale > 1, and then only the conditional half runs
     ours, _ = run_ours(pipe, "dpmpp_2m", config, guidance=1.0)
     assert max_diff(ours, run_diffusers(pipe, "dpmpp_2m", config, guidance=1.0)[0]) <= TOL
 
 
 def test_callback_sees_every_step(pipe):
-    config = scheduler_config(pipe, {})
+    config = scheduler_config({})
     cond, uncond = pipe.encode_prompt([PROMPT], "cpu", 1, True)
     noise = torch.randn((1, 4, SIZE // 4, SIZE // 4), generator=torch.Generator().manual_seed(0))
     calls = []
@@ -305,7 +305,7 @@ def test_names():
 
 
 def test_bad_input_is_refused(pipe):
-    config = scheduler_config(pipe, {})
+    config = scheduler_config({})
     cond, uncond = pipe.encode_prompt([PROMPT], "cpu", 1, True)
     noise = torch.randn(1, 4, SIZE // 4, SIZE // 4)
 

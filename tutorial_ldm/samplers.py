@@ -4,7 +4,7 @@ A sampler runs the reverse process: from pure noise it steps down a ladder of no
 the denoiser at every rung what the clean latent looks like. Every sampler here is a free function
 with one signature (k-diffusion style)::
 
-    x0 = sample_xxx(model, noise, schedule, *, generator=None, callback=None)
+    latents = sample_xxx(model, noise, schedule, *, generator=None, callback=None)
 
 - `model(x, t)` is the UNet's raw output (ε or v) for the input it is given, with classifier-free
   guidance already applied (`guided_model`);
@@ -14,6 +14,11 @@ with one signature (k-diffusion style)::
 - `generator` feeds the fresh noise of the stochastic samplers (DDPM, DDIM with η > 0, Euler a),
   drawn in the same order and shape as diffusers draws it;
 - `callback(i, n, x, x0)` sees the latents and the prediction x̂₀ after each step.
+
+Each loop is a few lines around one step function (`ddpm_step`, `ddim_step`, `euler_step`,
+`euler_ancestral_step`, `dpmpp_2m_step`), which chapter 5 calls from a loop of its own. `SAMPLERS`
+names them, `to_diffusers` gives each one's diffusers twin, and `sample` runs one on a UNet and text
+embeddings: the entry point of `tutorial_ldm.generate`.
 
 The two ways of writing the same forward process:
 
@@ -27,7 +32,7 @@ Notation key (variable → symbol):
     t        timestep t ∈ {0, …, T−1} the UNet is told          ab, ab_prev  ᾱ_t, ᾱ_{t−Δ}
     x        the current noisy latent x_t (or x_σ)               x0, eps      x̂₀, ε̂ (predictions)
     sigma    σ_t = √((1−ᾱ_t)/ᾱ_t)                                alpha, sd    α_t = √ᾱ_t, σ_t^VP = √(1−ᾱ_t)
-    lam      λ = log(α/σ^VP), the log signal-to-noise ratio      h            λ_next − λ (DPM-Solver)
+    log_snr  λ = log(α/σ^VP) = −log σ, DPM-Solver's time         h            λ_next − λ (DPM-Solver)
     eta      η, DDIM's stochasticity: 0 = deterministic, 1 = DDPM's variance
 
 Equivalence with diffusers is the point, so each step reproduces the arithmetic of the matching

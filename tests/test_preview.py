@@ -28,8 +28,8 @@ def test_project_gives_uint8_thumbnails_in_range():
 def test_fitted_map_explains_most_of_the_colour_of_unseen_scenes():
     """R² of the preview against the true image, pooled to latent resolution, on held-out scenes.
 
-    A wrong axis order or a missing bias gives R² near or below 0; the shipped VAE reaches far
-    above the threshold (the nearly untrained stand-in the threshold was set against: ≈ 0.58).
+    A wrong axis order or a missing bias gives R² near or below 0; the shipped VAE gives 0.81
+    (a nearly untrained VAE of the same architecture: 0.58).
     """
     vae = shipped_pipe().vae
     rgb_map = latent_rgb_for(vae)
@@ -40,5 +40,5 @@ def test_fitted_map_explains_most_of_the_colour_of_unseen_scenes():
     preview = torch.from_numpy(project(vae_latents(vae, images), rgb_map)).permute(0, 3, 1, 2) / 127.5 - 1
     residual = ((preview - target) ** 2).mean()
     variance = ((target - target.mean(dim=(0, 2, 3), keepdim=True)) ** 2).mean()
-    assert 1 - residual / variance > 0.5
+    assert 1 - residual / variance > 0.7
 

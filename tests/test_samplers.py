@@ -22,6 +22,7 @@ from tutorial_ldm.samplers import (
     FROM_A1111,
     SAMPLERS,
     build_schedule,
+    ddim_step,
     guided_model,
     karras_sigmas,
     sample,
@@ -32,9 +33,10 @@ from tutorial_ldm.samplers import (
 )
 
 PROMPT = "a red circle at the top"
-STEPS = 7  # 1000 % 7 != 0: exercises DDIM's fixed stride with "trailing" spacing
+STEPS = 6  # 1000 % 6 != 0: exercises DDIM's fixed stride with "trailing" spacing
 GUIDANCE = 3.0
 TOL = 2 / 255
+SIZE = 32  # pixels; latents are SIZE/4 = 8 wide: small is quick, and the UNet's three levels still fit
 
 SMALL = tm.TinyLDMConfig(vae_channels=(16, 16, 16), unet_channels=(16, 32, 32), text_layers=1, text_width=32)
 
@@ -42,9 +44,18 @@ SMALL = tm.TinyLDMConfig(vae_channels=(16, 16, 16), unet_channels=(16, 32, 32), 
 CONFIGS = {
     "v_zero_snr_trailing": {},  # the shipped tiny model
     "eps_sd15": {"prediction_type": "epsilon", "rescale_betas_zero_snr": False, "timestep_spacing": "leading"},
-    "v_leading": {"rescale_betas_zero_snr": False, "timestep_spacing": "leading"},  # SD 2.x-like
     "eps_linspace": {"prediction_type": "epsilon", "rescale_betas_zero_snr": False, "timestep_spacing": "linspace"},
+    "v_cosine": {"beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": False},
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These models are tiny: one thread is as fast, and far faster when other jobs share the CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +82,22 @@ def decode(pipe, latents):
     return pipe.image_processor.postprocess(image, output_type="np")
 
 
-def run_diffusers(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, prompt=PROMPT):
-    """The stock pipeline's images and its latents after every step."""
+_diffusers_runs = {}
+
+
+def run_diffusers(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE):
+    """The stock pipeline's images and its latents after every step (cached: tests share them)."""
+    key = (id(pipe), name, repr(sorted(config.items())), steps, guidance, seeds, eta, size)
+    if key not in _diffusers_runs:
+        _diffusers_runs[key] = _run_diffusers(pipe, name, config, steps, guidance, seeds, eta, size)
+    return _diffusers_runs[key]
+
+
+def _run_diffusers(pipe, name, config, steps, guidance, seeds, eta, size, count_from_zero=False):
     pipe.scheduler = to_diffusers(name, config)
+    if count_from_zero:  # start the scheduler's step counter at 0, as img2img pipelines do
+        set_timesteps = pipe.scheduler.set_timesteps
+        pipe.scheduler.set_timesteps = lambda *a, **k: (set_timesteps(*a, **k), pipe.scheduler.set_begin_index(0))
     trace = []
 
     def on_step(_pipe, i, t, kwargs):
@@ -82,27 +106,29 @@ def run_diffusers(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(
 
     generator = [torch.Generator().manual_seed(s) for s in seeds]
     image = pipe(
-        [prompt] * len(seeds),
+        [PROMPT] * len(seeds),
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=generator if len(seeds) > 1 else generator[0],
         eta=eta,
+        height=size,
+        width=size,
         output_type="np",
         callback_on_step_end=on_step,
     ).images
     return image, trace
 
 
-def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, prompt=PROMPT):
+def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE):
     """Our sampler with the pipeline's parts, the noise drawn as the pipeline draws it."""
     from diffusers.utils.torch_utils import randn_tensor
 
     generator = [torch.Generator().manual_seed(s) for s in seeds]
     generator = generator if len(seeds) > 1 else generator[0]
     n = len(seeds)
-    cond, uncond = pipe.encode_prompt([prompt] * n, "cpu", 1, True)
-    size = pipe.unet.config.sample_size
-    noise = randn_tensor((n, pipe.unet.config.in_channels, size, size), generator=generator)
+    cond, uncond = pipe.encode_prompt([PROMPT] * n, "cpu", 1, True)
+    latent = size // pipe.vae_scale_factor
+    noise = randn_tensor((n, pipe.unet.config.in_channels, latent, latent), generator=generator)
     trace = []
     latents = sample(
         name, pipe.unet, noise, config, steps=steps, cond=cond, uncond=uncond, guidance=guidance,
@@ -115,8 +141,13 @@ def max_diff(a, b):
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
-@pytest.mark.parametrize("config_name", CONFIGS)
-@pytest.mark.parametrize("name", SAMPLERS)
+# With the cosine schedule, diffusers' DPM-Solver with Karras σ's repeats its first timestep, and its
+# step counter, which starts at the *second* occurrence of the first timestep, runs off the end
+# (IndexError). test_dpmpp_karras_with_repeated_timesteps covers that case.
+CASES = [(n, c) for n in SAMPLERS for c in CONFIGS if (n, c) != ("dpmpp_2m_karras", "v_cosine")]
+
+
+@pytest.mark.parametrize("name, config_name", CASES)
 def test_matches_diffusers(pipe, name, config_name):
     config = scheduler_config(pipe, CONFIGS[config_name])
     ref, ref_trace = run_diffusers(pipe, name, config)
@@ -155,7 +186,7 @@ def test_tolerance_is_meaningful(pipe, name):
     shifted = torch.cat([schedule.timesteps[1:], schedule.timesteps[-1:] * 0])  # t_{i+1} instead of t_i
     broken = dataclasses.replace(schedule, timesteps=shifted)
     g = torch.Generator().manual_seed(1)
-    noise = torch.randn((1, 4, 16, 16), generator=g)
+    noise = torch.randn((1, 4, SIZE // 4, SIZE // 4), generator=g)
     latents = SAMPLERS[name](guided_model(pipe.unet, cond, uncond, GUIDANCE), noise, broken, generator=g)
     assert max_diff(decode(pipe, latents), ref) > 2 * TOL
 
@@ -167,43 +198,68 @@ def test_samplers_give_different_images(pipe):
     assert max_diff(images["ddim"], images["dpmpp_2m_karras"]) > 10 * TOL
 
 
-@pytest.mark.parametrize("name", ["euler_a", "ddim"])
-def test_generator_list_gives_each_image_its_own_seed(pipe, name):
-    """A1111's seed+k rule: image k of a batch equals the image generated alone with seed k."""
+def test_generator_list_gives_each_image_its_own_seed(pipe):
+    """A1111's seed+k rule: image k of a batch equals the image generated alone with seed k,
+    for a sampler that draws fresh noise at every step."""
     config = scheduler_config(pipe, {})
-    eta = 1.0 if name == "ddim" else 0.0  # make DDIM draw noise too
-    batch, _ = run_ours(pipe, name, config, seeds=(5, 6), eta=eta)
-    ref_batch, _ = run_diffusers(pipe, name, config, seeds=(5, 6), eta=eta)
-    assert max_diff(batch, ref_batch) <= TOL
+    batch, _ = run_ours(pipe, "euler_a", config, seeds=(5, 6))
+    assert max_diff(batch, run_diffusers(pipe, "euler_a", config, seeds=(5, 6))[0]) <= TOL
     for k, seed in enumerate((5, 6)):
-        alone, _ = run_ours(pipe, name, config, seeds=(seed,), eta=eta)
+        alone, _ = run_ours(pipe, "euler_a", config, seeds=(seed,))
         assert max_diff(batch[k], alone[0]) <= TOL
     assert max_diff(batch[0], batch[1]) > 10 * TOL
 
 
 def test_ddim_eta(pipe):
     config = scheduler_config(pipe, {})
-    for eta in (0.5, 1.0):
-        ours, _ = run_ours(pipe, "ddim", config, eta=eta)
-        assert max_diff(ours, run_diffusers(pipe, "ddim", config, eta=eta)[0]) <= TOL
-    # DDIM with η = 1 is DDPM (Song et al. 2021, §4.1) when the stride hits the listed timesteps
+    ours, _ = run_ours(pipe, "ddim", config, eta=0.5)
+    assert max_diff(ours, run_diffusers(pipe, "ddim", config, eta=0.5)[0]) <= TOL
+    # DDIM with η = 1 is DDPM (Song et al. 2021, §4.1) when its stride hits the listed timesteps
+    # and its last step lands on ᾱ = 1 as DDPM's does
+    config = scheduler_config(pipe, {"set_alpha_to_one": True})
     ddim1, _ = run_ours(pipe, "ddim", config, steps=5, eta=1.0)
     ddpm, _ = run_ours(pipe, "ddpm", config, steps=5)
     assert max_diff(ddim1, ddpm) <= TOL
     assert max_diff(ddim1, run_ours(pipe, "ddim", config, steps=5)[0]) > 10 * TOL
 
 
+def test_ddim_eta_one_from_pure_noise_is_finite():
+    # from ᾱ_t = 0, η = 1 makes √(1 − ᾱ_t' − σ_t²) a root of (rounded) 0: diffusers returns NaN for
+    # some step counts (50 with this schedule); we clamp
+    config = {**tm.scheduler_config(SMALL), "set_alpha_to_one": True}
+    out, x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for steps in range(1, 201):
+        schedule = build_schedule("ddim", config, steps)
+        assert schedule.alpha_bars[0] == 0
+        x_next, _ = ddim_step(out, x, schedule.alpha_bars[0], schedule.alpha_bars_prev[0], "v_prediction",
+                              eta=1.0, noise=torch.ones_like(x))  # fmt: skip
+        assert torch.isfinite(x_next).all(), f"NaN after the first of {steps} steps"
+
+
+@pytest.mark.parametrize("changes, steps", [({"beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": False}, 6),
+                                            ({}, 50)])  # fmt: skip
+def test_dpmpp_karras_with_repeated_timesteps(pipe, changes, steps):
+    # Karras σ's near σ_max map to the same timestep (999 three times for the shipped model's
+    # schedule at 50 steps); we walk the σ's in order, as diffusers does once its counter starts at 0
+    config = scheduler_config(pipe, changes)
+    schedule = build_schedule("dpmpp_2m_karras", config, steps)
+    assert schedule.timesteps[0] == schedule.timesteps[1]
+    ours, _ = run_ours(pipe, "dpmpp_2m_karras", config, steps=steps)
+    ref, _ = _run_diffusers(pipe, "dpmpp_2m_karras", config, steps, GUIDANCE, (1,), 0.0, SIZE, count_from_zero=True)
+    assert max_diff(ours, ref) <= TOL
+
+
 def test_without_guidance(pipe):
     config = scheduler_config(pipe, {})
-    for guidance in (1.0, 0.0):  # diffusers' rule: no guidance unless guidance_scale > 1
-        ours, _ = run_ours(pipe, "dpmpp_2m", config, guidance=guidance)
-        assert max_diff(ours, run_diffusers(pipe, "dpmpp_2m", config, guidance=guidance)[0]) <= TOL
+    # diffusers' rule: no guidance unless guidance_scale > 1, and then only the conditional half runs
+    ours, _ = run_ours(pipe, "dpmpp_2m", config, guidance=1.0)
+    assert max_diff(ours, run_diffusers(pipe, "dpmpp_2m", config, guidance=1.0)[0]) <= TOL
 
 
 def test_callback_sees_every_step(pipe):
     config = scheduler_config(pipe, {})
     cond, uncond = pipe.encode_prompt([PROMPT], "cpu", 1, True)
-    noise = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((1, 4, SIZE // 4, SIZE // 4), generator=torch.Generator().manual_seed(0))
     calls = []
     out = sample(
         "dpmpp_2m", pipe.unet, noise, config, steps=5, cond=cond, uncond=uncond, guidance=GUIDANCE,
@@ -251,7 +307,7 @@ def test_names():
 def test_bad_input_is_refused(pipe):
     config = scheduler_config(pipe, {})
     cond, uncond = pipe.encode_prompt([PROMPT], "cpu", 1, True)
-    noise = torch.randn(1, 4, 16, 16)
+    noise = torch.randn(1, 4, SIZE // 4, SIZE // 4)
 
     def run(name="ddim", **kw):
         return sample(name, pipe.unet, noise, config, **(dict(steps=3, cond=cond, uncond=uncond, guidance=GUIDANCE) | kw))
@@ -281,14 +337,20 @@ def shipped_model_path():
     return None
 
 
-@pytest.mark.skipif(shipped_model_path() is None, reason="assets/tiny-ldm is not in this checkout")
-@pytest.mark.parametrize("name", SAMPLERS)
-def test_matches_diffusers_on_shipped_model(name):
+@pytest.fixture(scope="module")
+def shipped_pipe():
     from diffusers import StableDiffusionPipeline
 
+    if shipped_model_path() is None:
+        pytest.skip("assets/tiny-ldm is not in this checkout")
     pipe = StableDiffusionPipeline.from_pretrained(shipped_model_path(), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
-    config = dict(pipe.scheduler.config)
-    ref, _ = run_diffusers(pipe, name, config, steps=5)
-    ours, _ = run_ours(pipe, name, config, steps=5)
+    return pipe, dict(pipe.scheduler.config)  # the config as shipped: the tests swap pipe.scheduler
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_matches_diffusers_on_shipped_model(shipped_pipe, name):
+    shipped_pipe, config = shipped_pipe
+    ref, _ = run_diffusers(shipped_pipe, name, config, steps=5, size=64)
+    ours, _ = run_ours(shipped_pipe, name, config, steps=5, size=64)
     assert max_diff(ours, ref) <= TOL

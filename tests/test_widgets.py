@@ -47,6 +47,7 @@ def test_public_attributes_and_defaults(app):
     assert app.pipe is pipe and app.last_images == []
     assert (app.width.value, app.height.value) == native_size(pipe) == (64, 64)
     assert app.width.step == 4 and app.seed.value == -1
+    assert app.cfg.value == widgets.SHIPPED_CFG == 5  # the tiny model's own guidance
     assert app.model.value == "given" and len(app.model.options) == 1  # the shipped one, not twice
     assert "Euler a" in app.sampler.options[0] or ("Euler a", "euler_a") in app.sampler.options
     assert not is_error(app) and "Ready" in app.status.value
@@ -81,6 +82,12 @@ def test_generate_shows_the_images_the_seed_and_their_settings(app):
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))
         assert ours.info["parameters"] == theirs.info["parameters"]
     assert not app.generate_button.disabled and not app.save_button.disabled
+
+
+def test_slider_rounding_from_the_browser_does_not_reach_the_settings(app):
+    app.cfg.value = 5.000000000000001  # what JupyterLab's slider sent for 5 in a real session
+    images = click(app)
+    assert "CFG scale: 5," in images[0].info["parameters"]
 
 
 def test_random_seed_is_shown_and_can_be_reused(app):
@@ -228,6 +235,7 @@ def test_models_folder_broken_and_missing_checkpoints_then_a_real_one(app, tmp_p
     assert not is_error(app) and "Loaded tiny-sd" in app.status.value
     size = native_size(app.pipe)
     assert (app.width.value, app.height.value) == size and app.width.step == 8  # SD's VAE factor
+    assert app.cfg.value == 7  # A1111's default for SD checkpoints
     images = click(app)
     assert images[0].size == size and "Model: tiny-sd" in images[0].info["parameters"]
 

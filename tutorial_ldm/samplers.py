@@ -43,37 +43,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .noise_schedule import NoiseSchedule
+
 # ---------------------------------------------------------------------------------------------
-# The noise schedule: β_t → ᾱ_t → σ_t
-
-
-def betas_from_config(config) -> torch.Tensor:
-    """β_1 … β_T as the config gives them (DDPM eq. 2's variances of the forward steps)."""
-    T = config["num_train_timesteps"]
-    if config.get("trained_betas") is not None:
-        betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
-    elif config["beta_schedule"] == "linear":
-        betas = torch.linspace(config["beta_start"], config["beta_end"], T, dtype=torch.float32)
-    elif config["beta_schedule"] == "scaled_linear":  # Stable Diffusion's: linear in √β
-        betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, T, dtype=torch.float32) ** 2
-    else:
-        raise ValueError(
-            f"beta_schedule={config['beta_schedule']!r} is not supported; use 'linear' or 'scaled_linear'"
-        )
-    if config.get("rescale_betas_zero_snr", False):
-        betas = rescale_zero_terminal_snr(betas)
-    return betas
-
-
-def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Lin et al. 2024, Algorithm 1: shift √ᾱ so that √ᾱ_T = 0 (pure noise at t = T), keep √ᾱ_1."""
-    sqrt_ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
-    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
-    sqrt_ab -= last
-    sqrt_ab *= first / (first - last)
-    ab = sqrt_ab**2
-    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])  # undo the cumulative product
-    return 1.0 - alphas
+# The noise schedule: ᾱ_t (chapter 1's `NoiseSchedule`) → σ_t → the levels a sampler visits
 
 
 def alpha_bars_from_config(config, *, finite_terminal_sigma: bool = False) -> torch.Tensor:
@@ -83,7 +56,9 @@ def alpha_bars_from_config(config, *, finite_terminal_sigma: bool = False) -> to
     They (and diffusers' Euler and DPM-Solver schedulers) replace it by 2⁻²⁴: σ_T ≈ 4096, still
     pure noise in float32. DDPM and DDIM keep the exact 0.
     """
-    ab = torch.cumprod(1.0 - betas_from_config(config), dim=0)
+    if config.get("trained_betas") is not None:
+        raise ValueError("scheduler setting trained_betas is not supported; give beta_schedule instead")
+    ab = NoiseSchedule.from_config(config).alphas_cumprod.clone()
     if finite_terminal_sigma and config.get("rescale_betas_zero_snr", False):
         ab[-1] = 2**-24
     return ab
@@ -215,7 +190,9 @@ def sigma_schedule(config, steps: int, *, karras: bool = False, solver: bool = F
         t = t.round().astype(np.int64)
         if karras:
             sigmas = karras_sigmas(train_sigmas[0].item(), train_sigmas[-1].item(), steps)
-            t = sigma_to_t(sigmas, train_sigmas).round().astype(np.int64)
+            t = sigma_to_t(sigmas, train_sigmas)
+            # diffusers rounds these, except for the cosine schedule, where it truncates
+            t = (t if config["beta_schedule"] == "squaredcos_cap_v2" else t.round()).astype(np.int64)
         else:
             sigmas = np.interp(t, np.arange(T), train_sigmas)
     else:
@@ -297,164 +274,195 @@ def guided_model(unet, cond, uncond=None, guidance: float = 1.0):
 
 
 # ---------------------------------------------------------------------------------------------
-# The samplers
+# One step of each sampler: the model's output at the current level → the latent one level down
+
+
+def ddpm_step(out, x, ab, ab_prev, prediction_type, *, noise=None, clip_sample=None):
+    """DDPM's ancestral step (Ho et al. 2020, Algorithm 2): sample q(x_t' | x_t, x̂₀) (eq. 6–7).
+
+    Returns (x_t', x̂₀). `noise` ~ N(0, I) is added with the posterior variance β̃ ("fixed_small");
+    None at t = 0.
+    """
+    # 1. the per-step α and β between the two levels: α_t = ᾱ_t/ᾱ_t', β_t = 1 − α_t
+    alpha_t = ab / ab_prev
+    beta_t = 1 - alpha_t
+    # 2. predict x̂₀ (eq. 15, or from v), clamped in pixel-space models
+    x0, _ = predict_vp(out, x, ab**0.5, (1 - ab) ** 0.5, prediction_type)
+    if clip_sample is not None:
+        x0 = x0.clamp(-clip_sample, clip_sample)
+    # 3. the posterior mean μ̃ (eq. 7): √ᾱ_t'·β_t/(1−ᾱ_t)·x̂₀ + √α_t·(1−ᾱ_t')/(1−ᾱ_t)·x_t
+    x0_coeff = (ab_prev**0.5 * beta_t) / (1 - ab)
+    x_coeff = alpha_t**0.5 * (1 - ab_prev) / (1 - ab)
+    mean = x0_coeff * x0 + x_coeff * x
+    if noise is None:
+        return mean, x0
+    # 4. plus noise of variance β̃_t = (1−ᾱ_t')/(1−ᾱ_t)·β_t (eq. 7)
+    variance = torch.clamp((1 - ab_prev) / (1 - ab) * beta_t, min=1e-20)
+    return mean + variance**0.5 * noise, x0
+
+
+def ddim_step(out, x, ab, ab_prev, prediction_type, *, eta=0.0, noise=None, clip_sample=None):
+    """DDIM's step (Song et al. 2021, eq. 12), returns (x_t', x̂₀):
+
+    x_t' = √ᾱ_t'·x̂₀ + √(1 − ᾱ_t' − σ_t²)·ε̂ + σ_t·z,  σ_t = η·√((1−ᾱ_t')/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_t') (eq. 16).
+    `noise` (z) is needed when η > 0.
+    """
+    # 1. "predicted x₀" and the noise it implies (eq. 12's first and second terms)
+    x0, eps = predict_vp(out, x, ab**0.5, (1 - ab) ** 0.5, prediction_type)
+    if clip_sample is not None:
+        x0 = x0.clamp(-clip_sample, clip_sample)
+    # 2. σ_t(η) (eq. 16)
+    variance = ((1 - ab_prev) / (1 - ab)) * (1 - ab / ab_prev)
+    std = eta * variance**0.5
+    # 3. "direction pointing to x_t" (eq. 12). From ᾱ_t = 0 with η = 1 the root's argument is 0 and
+    # rounding can make it −1e−8; diffusers then returns NaN, we clamp (identical wherever it is ≥ 0)
+    direction = (1 - ab_prev - std**2).clamp(min=0) ** 0.5 * eps
+    # 4. x_t' without, then with, the random noise (eq. 12's third term)
+    x = ab_prev**0.5 * x0 + direction
+    if eta > 0:
+        x = x + std * noise
+    return x, x0
+
+
+def euler_step(out, x, sigma, sigma_next, prediction_type):
+    """Euler's method on the probability-flow ODE dx/dσ = (x − x̂₀)/σ (Karras et al. 2022, eq. 3;
+    their Algorithm 1 without its 2nd-order correction). Returns (x_σ', x̂₀)."""
+    x = x.to(torch.float32)
+    x0 = predict_ve(out, x, sigma, prediction_type)
+    # the ODE's slope d = (x − x̂₀)/σ, one step of length σ_next − σ
+    d = (x - x0) / sigma
+    return (x + d * (sigma_next - sigma)).to(out.dtype), x0
+
+
+def euler_ancestral_step(out, x, sigma, sigma_next, prediction_type, noise):
+    """Euler ancestral ("Euler a"): an Euler step down to σ_down, then fresh noise σ_up back up.
+
+    σ_up² = σ_next²·(σ² − σ_next²)/σ² and σ_down² = σ_next² − σ_up² split DDPM's posterior step into
+    its deterministic and random parts (k-diffusion's `get_ancestral_step` with η = 1).
+    Returns (x_σ', x̂₀).
+    """
+    x = x.to(torch.float32)
+    x0 = predict_ve(out, x, sigma, prediction_type)
+    # 1. split σ → σ_next into a deterministic part (to σ_down) and a random part (σ_up)
+    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+    # 2. Euler step to σ_down, then noise up to σ_next
+    d = (x - x0) / sigma
+    x = x + d * (sigma_down - sigma)
+    return (x + noise * sigma_up).to(out.dtype), x0
+
+
+def log_snr(sigma):
+    """λ = log(α_t/σ_t^VP) = −log σ: DPM-Solver's time variable."""
+    alpha, sd = sigma_to_vp(sigma)
+    return torch.log(alpha) - torch.log(sd)
+
+
+def dpmpp_2m_step(out, x, sigma, sigma_next, prediction_type, *, sigma_prev=None, x0_prev=None):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), on x_t = α_t·x₀ + σ_t·ε. Returns (x_t', x̂₀).
+
+    1st order (DPM-Solver++(1), which is DDIM, eq. 7) without a previous x̂₀ and on the last step;
+    2nd order otherwise, extrapolating x̂₀ linearly in λ from the previous step's.
+    """
+    alpha_s, sd_s = sigma_to_vp(sigma)
+    x0, _ = predict_vp(out, x, alpha_s, sd_s, prediction_type)
+    x = x.to(torch.float32)
+    if sigma_next == 0:
+        # 1. the last step lands on σ = 0: x̂₀ itself (eq. 7's limit λ → ∞)
+        return x0.to(out.dtype), x0
+    alpha_t, sd_t = sigma_to_vp(sigma_next)
+    h = log_snr(sigma_next) - log_snr(sigma)
+    # 2. first order (eq. 7): x_t' = (σ_t'/σ_t)·x_t − α_t'·(e^{−h} − 1)·x̂₀
+    x_next = (sd_t / sd_s) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0
+    if x0_prev is not None:
+        # 3. second order: D = x̂₀ + (1/2r)·(x̂₀ − x̂₀_prev), r = h_prev/h (Algorithm 2)
+        r = (log_snr(sigma) - log_snr(sigma_prev)) / h
+        d1 = (1.0 / r) * (x0 - x0_prev)
+        x_next = x_next - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1
+    return x_next.to(out.dtype), x0
+
+
+# ---------------------------------------------------------------------------------------------
+# The samplers: a loop over the schedule around one step function
 
 
 @torch.no_grad()
 def sample_ddpm(model, noise, schedule: AlphaSchedule, *, generator=None, callback=None):
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on a subsequence of timesteps.
-
-    Each step samples the posterior q(x_{t'} | x_t, x̂₀) (eq. 6–7): its mean mixes x̂₀ and x_t, its
-    variance is β̃ (the "fixed_small" choice). Noise is added at every step whose t > 0.
-    """
+    Fresh noise at every step whose t > 0."""
     x = noise * schedule.init_noise_sigma
-    n = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
-        ab, ab_prev = schedule.alpha_bars[i], schedule.alpha_bars_prev[i]
         out = model(x, t)
-        # 1. the per-step α and β between the two levels: α_t = ᾱ_t/ᾱ_t', β_t = 1 − α_t
-        alpha_t = ab / ab_prev
-        beta_t = 1 - alpha_t
-        # 2. predict x̂₀ (eq. 15, or v), clamped in pixel-space models
-        x0, _ = predict_vp(out, x, ab**0.5, (1 - ab) ** 0.5, schedule.prediction_type)
-        if schedule.clip_sample is not None:
-            x0 = x0.clamp(-schedule.clip_sample, schedule.clip_sample)
-        # 3. the posterior mean μ̃ (eq. 7): √ᾱ_t'·β_t/(1−ᾱ_t)·x̂₀ + √α_t·(1−ᾱ_t')/(1−ᾱ_t)·x_t
-        x0_coeff = (ab_prev**0.5 * beta_t) / (1 - ab)
-        x_coeff = alpha_t**0.5 * (1 - ab_prev) / (1 - ab)
-        mean = x0_coeff * x0 + x_coeff * x
-        # 4. add noise of variance β̃_t = (1−ᾱ_t')/(1−ᾱ_t)·β_t (eq. 7), except at t = 0
-        if t > 0:
-            z = randn_like_diffusers(out, generator)
-            variance = torch.clamp((1 - ab_prev) / (1 - ab) * beta_t, min=1e-20)
-            x = mean + variance**0.5 * z
-        else:
-            x = mean
+        z = randn_like_diffusers(out, generator) if t > 0 else None
+        x, x0 = ddpm_step(
+            out, x, schedule.alpha_bars[i], schedule.alpha_bars_prev[i], schedule.prediction_type,
+            noise=z, clip_sample=schedule.clip_sample,
+        )  # fmt: skip
         if callback is not None:
-            callback(i, n, x, x0)
+            callback(i, len(schedule.timesteps), x, x0)
     return x
 
 
 @torch.no_grad()
 def sample_ddim(model, noise, schedule: AlphaSchedule, *, eta: float = 0.0, generator=None, callback=None):
-    """DDIM (Song et al. 2021, eq. 12): a non-Markovian reverse process with the DDPM's marginals.
-
-    x_t' = √ᾱ_t'·x̂₀ + √(1 − ᾱ_t' − σ_t²)·ε̂ + σ_t·z,  σ_t = η·√((1−ᾱ_t')/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_t') (eq. 16).
-    η = 0 is deterministic (the same noise always gives the same image, and few steps suffice);
-    η = 1 gives DDPM's variance.
-    """
+    """DDIM (Song et al. 2021): deterministic for η = 0, DDPM's variance for η = 1.
+    Fresh noise at every step when η > 0."""
     x = noise * schedule.init_noise_sigma
-    n = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
-        ab, ab_prev = schedule.alpha_bars[i], schedule.alpha_bars_prev[i]
         out = model(x, t)
-        # 1. "predicted x₀" and the noise direction (eq. 12, first and second terms)
-        x0, eps = predict_vp(out, x, ab**0.5, (1 - ab) ** 0.5, schedule.prediction_type)
-        if schedule.clip_sample is not None:
-            x0 = x0.clamp(-schedule.clip_sample, schedule.clip_sample)
-        # 2. σ_t(η) (eq. 16)
-        variance = ((1 - ab_prev) / (1 - ab)) * (1 - ab / ab_prev)
-        std = eta * variance**0.5
-        # 3. "direction pointing to x_t" (eq. 12)
-        direction = (1 - ab_prev - std**2) ** 0.5 * eps
-        # 4. x_t' without, then with, the random noise (eq. 12, third term)
-        x = ab_prev**0.5 * x0 + direction
-        if eta > 0:
-            x = x + std * randn_like_diffusers(out, generator)
+        z = randn_like_diffusers(out, generator) if eta > 0 else None
+        x, x0 = ddim_step(
+            out, x, schedule.alpha_bars[i], schedule.alpha_bars_prev[i], schedule.prediction_type,
+            eta=eta, noise=z, clip_sample=schedule.clip_sample,
+        )  # fmt: skip
         if callback is not None:
-            callback(i, n, x, x0)
+            callback(i, len(schedule.timesteps), x, x0)
     return x
 
 
 @torch.no_grad()
 def sample_euler(model, noise, schedule: SigmaSchedule, *, generator=None, callback=None):
-    """Euler's method on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (Karras et al. 2022, eq. 3,
-    Algorithm 1 without the 2nd-order correction). Deterministic; `generator` is unused."""
+    """Euler (Karras et al. 2022): deterministic; `generator` is unused. The UNet was trained on
+    x_t = x_σ/√(σ²+1), so that is what it is shown."""
     x = noise * schedule.init_noise_sigma
-    n = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
         sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
-        # 1. the UNet was trained on x_t = x_σ/√(σ²+1)
         out = model(x / ((sigma**2 + 1) ** 0.5), t)
-        x = x.to(torch.float32)
-        x0 = predict_ve(out, x, sigma, schedule.prediction_type)
-        # 2. the ODE's slope d = (x − x̂₀)/σ (eq. 3), one step of length σ_next − σ
-        d = (x - x0) / sigma
-        x = (x + d * (sigma_next - sigma)).to(out.dtype)
+        x, x0 = euler_step(out, x, sigma, sigma_next, schedule.prediction_type)
         if callback is not None:
-            callback(i, n, x, x0)
+            callback(i, len(schedule.timesteps), x, x0)
     return x
 
 
 @torch.no_grad()
 def sample_euler_ancestral(model, noise, schedule: SigmaSchedule, *, generator=None, callback=None):
-    """Euler ancestral ("Euler a"): an Euler step down to σ_down, then fresh noise σ_up back up to σ_next.
-
-    σ_up² = σ_next²·(σ² − σ_next²)/σ² and σ_down² = σ_next² − σ_up² split the step into the DDPM
-    posterior's deterministic and random parts (k-diffusion's `get_ancestral_step`, η = 1).
-    The image changes with every step count, unlike the ODE samplers'.
-    """
+    """Euler a: fresh noise at every step, the last one (σ_up = 0) included, as diffusers draws it.
+    The image changes with the step count, unlike the ODE samplers'."""
     x = noise * schedule.init_noise_sigma
-    n = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
         sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
         out = model(x / ((sigma**2 + 1) ** 0.5), t)
-        x = x.to(torch.float32)
-        x0 = predict_ve(out, x, sigma, schedule.prediction_type)
-        # 1. split σ → σ_next into a deterministic part (to σ_down) and a noise part (σ_up)
-        sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
-        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
-        # 2. Euler step to σ_down
-        d = (x - x0) / sigma
-        x = x + d * (sigma_down - sigma)
-        # 3. add noise up to σ_next (drawn every step, even the last where σ_up = 0, as diffusers does)
-        x = (x + randn_like_diffusers(out, generator) * sigma_up).to(out.dtype)
+        z = randn_like_diffusers(out, generator)
+        x, x0 = euler_ancestral_step(out, x, sigma, sigma_next, schedule.prediction_type, z)
         if callback is not None:
-            callback(i, n, x, x0)
+            callback(i, len(schedule.timesteps), x, x0)
     return x
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(model, noise, schedule: SigmaSchedule, *, generator=None, callback=None):
-    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): a 2nd-order multistep solver of the
-    probability-flow ODE in λ = log(α/σ), reusing the previous step's x̂₀ instead of an extra call.
-
-    First step and last step are 1st order (DPM-Solver++(1), i.e. DDIM, eq. 7). Works on
-    x_t = α_t·x₀ + σ_t·ε. Deterministic; `generator` is unused.
-    """
+    """DPM-Solver++(2M): 2nd order for the price of one model call per step, by reusing the
+    previous step's x̂₀. Deterministic; `generator` is unused."""
     x = noise * schedule.init_noise_sigma
-    n = len(schedule.timesteps)
-    x0_prev = lam_prev = None
+    x0 = None
     for i, t in enumerate(schedule.timesteps):
-        sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
-        alpha_s, sd_s = sigma_to_vp(sigma)
         out = model(x, t)
-        x0, _ = predict_vp(out, x, alpha_s, sd_s, schedule.prediction_type)
-        x = x.to(torch.float32)
-        lam_s = torch.log(alpha_s) - torch.log(sd_s)
-        if sigma_next == 0:
-            # 1. the last step lands on σ = 0: x_0 = x̂₀ (eq. 7's limit, λ → ∞)
-            x_next = x0
-        else:
-            alpha_t, sd_t = sigma_to_vp(sigma_next)
-            lam_t = torch.log(alpha_t) - torch.log(sd_t)
-            h = lam_t - lam_s
-            if x0_prev is None:
-                # 2. first order (eq. 7): x_t = (σ_t/σ_s)·x_s − α_t·(e^{−h} − 1)·x̂₀
-                x_next = (sd_t / sd_s) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0
-            else:
-                # 3. second order (Algorithm 2): D = x̂₀ + (1/2r)·(x̂₀ − x̂₀_prev), r = h_prev/h
-                r = (lam_s - lam_prev) / h
-                d1 = (1.0 / r) * (x0 - x0_prev)
-                x_next = (
-                    (sd_t / sd_s) * x
-                    - (alpha_t * (torch.exp(-h) - 1.0)) * x0
-                    - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1
-                )
-        x = x_next.to(out.dtype)
-        x0_prev, lam_prev = x0, lam_s
+        x, x0 = dpmpp_2m_step(
+            out, x, schedule.sigmas[i], schedule.sigmas[i + 1], schedule.prediction_type,
+            sigma_prev=schedule.sigmas[i - 1] if i > 0 else None, x0_prev=x0,
+        )  # fmt: skip
         if callback is not None:
-            callback(i, n, x, x0)
+            callback(i, len(schedule.timesteps), x, x0)
     return x
 
 

@@ -139,4 +139,4 @@ def test_shipped_f_autoencoders_trade_quality_for_size():
         assert z.shape[-1] == 64 // f
         quality[f] = A.psnr(A.decode(vae, z), x).mean().item()
     assert quality[2] > quality[4] > quality[8] > quality[16]
-    assert quality[4] > 20 and quality[16] < quality[2] - 5, quality
+    assert quality[4] > 18 and quality[16] < quality[2] - 5, quality

@@ -2,12 +2,14 @@
 
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_sd import tiny_sd_files
 
-from tutorial_ldm.loading import MODELS_DIR_ENV, list_models, load_pipeline, model_name
+import tutorial_ldm
+from tutorial_ldm.loading import MODELS_DIR_ENV, list_models, load_pipeline, model_name, models_dir
 
 
 def assert_same_weights(pipe, reference):
@@ -146,9 +148,14 @@ def test_hub_id_offline_explains_what_to_do(monkeypatch):
         load_pipeline("someone/no-such-model", device="cpu")
 
 
-def test_bad_dtype():
+def test_bad_dtype_and_device():
     with pytest.raises(ValueError, match=r"dtype 'int8' not supported"):
         load_pipeline(device="cpu", dtype="int8")
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a torch device"):
+        load_pipeline(device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' is not available on this machine; available: cpu"):
+            load_pipeline(device="cuda")
 
 
 def test_list_models_scans_an_a1111_folder(tmp_path, monkeypatch):
@@ -164,9 +171,10 @@ def test_list_models_scans_an_a1111_folder(tmp_path, monkeypatch):
 
     monkeypatch.setenv(MODELS_DIR_ENV, str(root))
     assert list_models() == list_models(root)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # notebooks run in notebooks/: the default must not follow the cwd
     monkeypatch.delenv(MODELS_DIR_ENV)
-    assert list_models() == [p.relative_to(tmp_path) for p in list_models(root)]  # ./models/Stable-diffusion
+    course = Path(tutorial_ldm.__file__).resolve().parent.parent
+    assert models_dir() == course / "models" / "Stable-diffusion"
     assert list_models(tmp_path / "nowhere") == []
 
 
@@ -183,3 +191,13 @@ def test_low_vram_turns_on_slicing_and_tiling():
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
     assert processors == {"SlicedAttnProcessor"}
+
+
+def test_loading_the_shipped_model_prints_no_torchvision_notice():
+    """A fresh process, since transformers warns only once per process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import tutorial_ldm; tutorial_ldm.load_pipeline()"],
+                         capture_output=True, text=True, check=True)
+    assert "torchvision" not in out.stderr + out.stdout

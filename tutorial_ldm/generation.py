@@ -147,7 +147,7 @@ def generate(
     progress: a tqdm bar; None shows it only once sampling has taken more than 2 s.
     """
     from .loading import model_name
-    from .prompts import encode_weighted, encode_prompts
+    from .prompts import encode_prompts, encode_weighted
     from .samplers import sample
 
     native_w, native_h = native_size(pipe)
@@ -162,8 +162,7 @@ def generate(
 
     device = pipe._execution_device  # where the models run, also under CPU offload
     with torch.no_grad():
-        use_cfg = s.guidance > 1
-        if use_cfg:
+        if s.guidance > 1:  # classifier-free guidance needs the negative prompt too
             cond, uncond = encode_prompts(pipe, s.prompt, s.negative_prompt, device=device)
         else:
             cond, uncond = encode_weighted(pipe.tokenizer, pipe.text_encoder, s.prompt, device=device), None

@@ -2,7 +2,7 @@
 single AUTOMATIC1111-style checkpoint file, safely.
 
 Where checkpoints live (as in the web UI): put downloaded `.safetensors` files (or diffusers
-folders) in `models/Stable-diffusion/` under the folder you run from, or point the environment
+folders) in `models/Stable-diffusion/` at the top of the course folder, or point the environment
 variable `TUTORIAL_LDM_MODELS_DIR` at another folder. `list_models()` scans it, and a bare file
 name given to `load_pipeline` is looked up there. See docs/checkpoints.md.
 
@@ -14,22 +14,27 @@ anything else before any of it runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 MODELS_DIR_ENV = "TUTORIAL_LDM_MODELS_DIR"
-DEFAULT_MODELS_DIR = Path("models") / "Stable-diffusion"  # relative to the working directory
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-ldm"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# At the top of the course folder, whatever the working directory (notebooks run in notebooks/).
+DEFAULT_MODELS_DIR = REPO_ROOT / "models" / "Stable-diffusion"
+SHIPPED_MODEL = REPO_ROOT / "assets" / "tiny-ldm"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _EXPECTED = "a diffusers folder (with model_index.json), a .safetensors or .ckpt file, or a hub id"
 
 
 def models_dir(folder: str | os.PathLike | None = None) -> Path:
-    """The checkpoint folder: `folder`, else $TUTORIAL_LDM_MODELS_DIR, else ./models/Stable-diffusion."""
+    """The checkpoint folder: `folder`, else $TUTORIAL_LDM_MODELS_DIR, else models/Stable-diffusion
+    at the top of the course folder."""
     if folder is not None:
         return Path(folder).expanduser()
     return Path(os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR).expanduser()
@@ -82,6 +87,20 @@ def _as_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
     raise ValueError(f"dtype {dtype!r} not supported; allowed: {', '.join(_DTYPES)} or the torch dtypes")
+
+
+def _as_device(device) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use 'cuda', 'mps' or 'cpu'") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        here = ", ".join(name for name, ok in available.items() if ok)
+        raise ValueError(f"device {str(device)!r} is not available on this machine; available: {here}")
+    return device
 
 
 def resolve_source(source: str | os.PathLike | None) -> Path | str:
@@ -213,6 +232,23 @@ def _from_single_file(path: Path, dtype: torch.dtype, config):
     return pipe
 
 
+@contextmanager
+def _without_torchvision_notice():
+    """Loading an SD pipeline makes diffusers look up CLIPImageProcessor (for the safety checker,
+    which we never load) and transformers then warns that torchvision is missing: a red box in
+    every first notebook cell that alarms students and means nothing here."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+
+    def drop(record):
+        return "requires torchvision" not in record.getMessage()
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = False, config=None):
     """Load a Stable-Diffusion-architecture pipeline, ready for `tutorial_ldm.generate`.
 
@@ -229,15 +265,16 @@ def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = Fals
     Errors name the path and what was expected: FileNotFoundError for a missing path,
     ValueError for a file or folder of the wrong format, OSError for an unreachable hub id.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = _as_device(device)
     dtype = _as_dtype(dtype) if dtype is not None else default_dtype(device)
     where = resolve_source(source)
-    if isinstance(where, str):
-        pipe = _from_hub(where, dtype)
-    elif where.is_dir():
-        pipe = _from_folder(where, dtype)
-    else:
-        pipe = _from_single_file(where, dtype, config)
+    with _without_torchvision_notice():
+        if isinstance(where, str):
+            pipe = _from_hub(where, dtype)
+        elif where.is_dir():
+            pipe = _from_folder(where, dtype)
+        else:
+            pipe = _from_single_file(where, dtype, config)
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
                if getattr(pipe, c, None) is None]
     if missing or hasattr(pipe, "text_encoder_2"):
@@ -255,7 +292,7 @@ def configure_pipeline(pipe, *, device=None, low_vram: bool = False):
     (one image of a batch at a time) and tiling (large images in overlapping tiles), and on
     CUDA model CPU offload (accelerate moves each model to the GPU only while it runs).
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = _as_device(device)
     pipe.set_progress_bar_config(disable=True)
     if low_vram:
         pipe.enable_attention_slicing()

@@ -37,3 +37,9 @@ def test_bad_input_is_named():
         metrics.analyze(np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="one image per prompt"):
         metrics.adherence([np.zeros((64, 64, 3), np.uint8)], [])
+
+
+def test_adherence_takes_a_numpy_batch():
+    scenes = world.sample_scenes(8, seed=3)
+    batch = np.stack([world.render(s) for s in scenes])  # (N, 64, 64, 3), as pipelines return
+    assert metrics.adherence(batch, [s.caption for s in scenes])["all3"] == 1.0

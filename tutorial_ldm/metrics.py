@@ -109,7 +109,7 @@ def adherence(images, prompts) -> dict[str, float]:
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; "
                          "need one image per prompt")
-    if not images:
+    if len(images) == 0:  # len(): images may be one numpy array (N, H, W, 3)
         raise ValueError("adherence needs at least one image")
     keys = ("colour", "shape", "position", "size", "background")
     hits = {k: 0 for k in (*keys, "all3")}

@@ -328,7 +328,8 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None,
 
 # Chapter 3 trains a text encoder + UNet from scratch in a notebook cell, on the shipped
 # autoencoder's latents: a smaller UNet, fewer latents, a short warm-up, no checkpoints.
-LIVE_TRAIN = TrainConfig(n_latents=4000, unet_steps=400, warmup=40, checkpoint_every=10**9)
+LIVE_TRAIN = TrainConfig(n_latents=4000, unet_steps=1000, unet_lr=2e-3, warmup=50,
+                         checkpoint_every=10**9)
 LIVE_MODEL = TinyLDMConfig(unet_channels=(32, 64, 64))
 
 

@@ -19,6 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tutorial_ldm import metrics, world
+from tutorial_ldm.autoencoder import decode, encode, to_images
+from tutorial_ldm.guidance import generate_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,10 +30,9 @@ def show(title: str, scores: dict) -> None:
 
 
 @torch.no_grad()
-def vae_round_trip(pipe, scenes) -> list[np.ndarray]:
+def vae_round_trip(pipe, scenes) -> np.ndarray:
     x = torch.from_numpy(world.render_batch(scenes))
-    recon = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
-    return list(((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return to_images(decode(pipe.vae, encode(pipe.vae, x)))
 
 
 def main() -> None:
@@ -59,13 +60,10 @@ def main() -> None:
     prompts = metrics.benchmark_prompts(args.variants, seed=args.seed)
     images, seconds = [], 0.0
     for i in tqdm(range(0, len(prompts), args.batch), desc="generating"):
-        batch = prompts[i:i + args.batch]
-        generators = [torch.Generator().manual_seed(args.seed + i + k) for k in range(len(batch))]
         start = time.perf_counter()
-        out = pipe(batch, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                   generator=generators, output_type="np").images
+        images += generate_batch(pipe, prompts[i:i + args.batch], args.guidance,
+                                 seed=args.seed + i, steps=args.steps)
         seconds += time.perf_counter() - start
-        images += list((out * 255).round().astype(np.uint8))
     print(f"{len(prompts)} prompts, DDIM {args.steps} steps, guidance {args.guidance}, "
           f"batch {args.batch}: {len(prompts) / seconds:.1f} images/s")
     show("generated images:", metrics.adherence(images, prompts))

@@ -14,11 +14,11 @@ import dataclasses
 import tempfile
 import time
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
 from tutorial_ldm import metrics
+from tutorial_ldm.guidance import generate_batch
 from tutorial_ldm.loading import SHIPPED_MODEL
 from tutorial_ldm.train import LIVE_TRAIN, train_live
 
@@ -43,10 +43,7 @@ def main() -> None:
     prompts = metrics.benchmark_prompts(variants=1)
     images = []
     for i in range(0, len(prompts), 16):
-        gens = [torch.Generator().manual_seed(i + k) for k in range(len(prompts[i:i + 16]))]
-        out = pipe(prompts[i:i + 16], num_inference_steps=25, guidance_scale=5.0,
-                   generator=gens, output_type="np").images
-        images += list((out * 255).round().astype(np.uint8))
+        images += generate_batch(pipe, prompts[i:i + 16], 5.0, seed=i, steps=25)
     scores = metrics.adherence(images, prompts)
     print("  ".join(f"{k} {100 * v:.0f}%" for k, v in scores.items()))
 

@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from tutorial_ldm import metrics
+from tutorial_ldm.guidance import generate_batch
 
 MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-ldm"
 
@@ -68,9 +69,7 @@ def test_same_seed_same_image(pipe):
 
 def test_shipped_model_follows_prompts(pipe):
     prompts = metrics.benchmark_prompts(variants=1)[::3][:32]  # 32 prompts, all colours/shapes
-    generators = [torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))]
-    images = pipe(prompts, num_inference_steps=25, guidance_scale=5.0, generator=generators,
-                  output_type="np").images
-    scores = metrics.adherence(list((images * 255).round().astype(np.uint8)), prompts)
+    images = generate_batch(pipe, prompts, guidance_scale=5.0, seed=1000, steps=25)
+    scores = metrics.adherence(images, prompts)
     assert scores["colour"] >= 0.8 and scores["position"] >= 0.8, scores
     assert scores["all3"] >= 0.6, scores

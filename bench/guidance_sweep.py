@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from tutorial_ldm import guidance, metrics
+from tutorial_ldm.paths import SHIPPED_MODEL
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "assets" / "tiny-ldm"))
+    parser.add_argument("--model", default=str(SHIPPED_MODEL))
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 3, 5, 8, 12])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--variants", type=int, default=1, help="90 prompts per variant")

@@ -27,7 +27,7 @@ RECOMMENDABLE = ("steps", "sampler", "guidance")  # what a model folder may reco
 # of device (the UNet's cost grows with the pixels, its attention with their square: 4096×4096
 # for the 64×64 tiny model is 4096× the pixels, hours of CPU). The studio's sliders stop at 4×
 # the native side, 16× the pixels: always allowed, also on the CPU.
-MAX_PIXEL_RATIO = {"cpu": 16, "mps": 64, "cuda": 256}
+MAX_PIXEL_RATIO = {"cpu": 16}  # per device type; GPUs: DEFAULT_PIXEL_RATIO (SD 1.5 up to 4096×4096)
 DEFAULT_PIXEL_RATIO = 64
 
 
@@ -90,7 +90,14 @@ def model_folder_defaults(pipe) -> dict:
     path = source / MODEL_DEFAULTS_FILE
     if not source.is_dir() or not path.is_file():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); expected recommended settings such "
+                         'as {"guidance": 5.0}') from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}; expected a JSON object such as "
+                         '{"guidance": 5.0}')
     return {key: data[key] for key in RECOMMENDABLE if key in data}
 
 

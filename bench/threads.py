@@ -1,10 +1,10 @@
 """CPU threads for generation: idle against loaded, 1 thread against more, and OpenMP's waiting
 workers spinning against sleeping (OMP_WAIT_POLICY).
 
-    python bench/threads.py [--busy 2] [--threads 1 2 0] [--steps 25] [--repeats 3]
+    python bench/threads.py [--busy 2] [--threads 1 2 0] [--steps 25] [--repeats 5]
 
 Each case runs in a fresh process (OpenMP reads its settings once) that loads the shipped model
-and times one 64×64 image (`generate`, seconds, best of --repeats) and a batch of 16 prompts
+and times one 64×64 image (`generate`, seconds, median of --repeats) and a batch of 16 prompts
 (`generate_many`, images/s), 25 Euler a steps with guidance. "loaded" starts --busy background
 processes that each keep a core busy (a compiler, a browser tab, another notebook) and measures
 while they run. --threads 0 means `tutorial_ldm.devices.cpu_threads()`, the automatic choice.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +47,8 @@ def measure(threads: int, steps: int, repeats: int) -> dict:
     generate_many(pipe, prompts, seed=0, steps=steps, batch_size=16, output="numpy", threads=threads,
                   progress=False)
     batch = time.perf_counter() - start
-    return {"threads": threads, "load": load, "one_image_s": min(one), "batch16_images_per_s": 16 / batch}
+    return {"threads": threads, "load": load, "one_image_s": statistics.median(one),
+            "batch16_images_per_s": 16 / batch}
 
 
 def run_case(threads: int, policy: str, steps: int, repeats: int, timeout: float) -> dict:
@@ -71,7 +73,7 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=["PASSIVE", "default"],
                         help="OMP_WAIT_POLICY values; 'default' leaves it unset (workers spin)")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=600, help="seconds per case before giving up")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -105,7 +105,7 @@ def test_existing_out_is_refused_unless_overwrite(tmp_path, monkeypatch, capsys)
 
 
 def test_cli_generate_and_studio_defaults_agree(tmp_path, monkeypatch, capsys):
-    """No option given: the model's own defaults (CFG 5 for the shipped model), as generate() uses."""
+    """No option given: the model's own defaults (CFG 2 for the shipped model), as generate() uses."""
     from tutorial_ldm.settings import defaults_for
 
     monkeypatch.chdir(tmp_path)

@@ -198,10 +198,10 @@ def test_settings_come_back_as_objects_with_the_seed_resolved():
 def test_none_means_the_models_defaults():
     pipe = shipped_pipe()
     d = defaults_for(pipe)
-    assert (d.guidance, d.steps, d.sampler, d.width, d.height) == (5.0, 25, "euler_a", 64, 64)
+    assert (d.guidance, d.steps, d.sampler, d.width, d.height) == (2.0, 25, "euler_a", 64, 64)
     image = generate(pipe, PROMPT, seed=3, steps=2, progress=False)
-    assert image.settings[0].guidance == 5.0
-    explicit = generate(pipe, PROMPT, seed=3, steps=2, guidance=5.0, sampler="euler_a", width=64, height=64,
+    assert image.settings[0].guidance == 2.0
+    explicit = generate(pipe, PROMPT, seed=3, steps=2, guidance=2.0, sampler="euler_a", width=64, height=64,
                         progress=False)
     assert np.array_equal(pixels(image[0]), pixels(explicit[0]))
 

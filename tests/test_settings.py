@@ -91,7 +91,7 @@ def test_validate_normalises_a_copy():
 def test_the_shipped_model_recommends_its_cfg_in_its_folder():
     recommended = json.loads((SHIPPED_MODEL / MODEL_DEFAULTS_FILE).read_text())
     d = defaults_for(shipped_pipe())
-    assert d.guidance == recommended["guidance"] == 5.0 and "bench/" in recommended["why"]
+    assert d.guidance == recommended["guidance"] == 2.0 and "bench/guidance_sweep.py" in recommended["why"]
     assert (d.steps, d.sampler, d.seed, d.width, d.height, d.model) == (25, "euler_a", -1, 64, 64, "tiny-ldm")
 
 

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", default="", help="negative prompt, same syntax")
     p.add_argument("--steps", type=int, default=None, help="default: the model's (25)")
     p.add_argument("--cfg", type=float, default=None,
-                   help="guidance scale; default: the model's (7 for SD, 5 for the shipped tiny model)")
+                   help="guidance scale; default: the model's (7 for SD, 2 for the shipped tiny model)")
     p.add_argument("--seed", type=int, default=-1, help="-1: random (printed, and saved in the PNG)")
     p.add_argument("--sampler", default=None, help="euler_a (default), euler, ddim, ddpm, dpmpp_2m, "
                    "dpmpp_2m_karras, or A1111's names (\"Euler a\", \"DPM++ 2M Karras\")")

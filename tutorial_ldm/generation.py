@@ -139,7 +139,7 @@ def generate(
     has its settings in `image.info["parameters"]` (A1111 text).
 
     None means the model's default (`tutorial_ldm.settings.defaults_for(pipe)`: A1111's for SD,
-    what the model folder recommends otherwise, e.g. CFG 5 for the shipped tiny model).
+    what the model folder recommends otherwise, e.g. CFG 2 for the shipped tiny model).
     prompt, negative_prompt: A1111 syntax (`(word:1.3)`, `[word]`, `BREAK`), any length.
         An empty prompt is allowed: it is the unconditional prompt.
     steps: 1 … num_train_timesteps (1000 for SD).

@@ -7,7 +7,7 @@
 through `validate`, so they agree for the same model. The defaults are A1111's for Stable
 Diffusion (CFG 7, the model's native size) unless the model folder says otherwise: a
 `generation_defaults.json` beside its `model_index.json` may recommend `steps`, `sampler` and
-`guidance` (the shipped tiny model recommends CFG 5, and says why, in its own file).
+`guidance` (the shipped tiny model recommends CFG 2, and says why, in its own file).
 
 Every refusal is a `SettingsError` (a ValueError) that names the field, the bad value and what
 is allowed, in one line; its attributes let a UI say the same in its own language.

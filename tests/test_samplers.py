@@ -22,8 +22,9 @@ from tutorial_ldm.samplers import (
     FROM_A1111,
     SAMPLERS,
     build_schedule,
+    REGISTRY,
+    Denoiser,
     ddim_step,
-    guided_model,
     karras_sigmas,
     sample,
     sampler_name,
@@ -187,7 +188,8 @@ def test_tolerance_is_meaningful(pipe, name):
     broken = dataclasses.replace(schedule, timesteps=shifted)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn((1, 4, SIZE // 4, SIZE // 4), generator=g)
-    latents = SAMPLERS[name](guided_model(pipe.unet, cond, uncond, GUIDANCE), noise, broken, generator=g)
+    denoiser = Denoiser(pipe.unet, cond, uncond, GUIDANCE, prediction_type=config["prediction_type"])
+    latents = SAMPLERS[name](denoiser, broken.start(noise), broken, generator=g)
     assert max_diff(decode(pipe, latents), ref) > 2 * TOL
 
 
@@ -227,12 +229,12 @@ def test_ddim_eta_one_from_pure_noise_is_finite():
     # from ᾱ_t = 0, η = 1 makes √(1 − ᾱ_t' − σ_t²) a root of (rounded) 0: diffusers returns NaN for
     # some step counts (50 with this schedule); we clamp
     config = {**tm.scheduler_config(SMALL), "set_alpha_to_one": True}
-    out, x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x0, eps = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     for steps in range(1, 201):
         schedule = build_schedule("ddim", config, steps)
         assert schedule.alpha_bars[0] == 0
-        x_next, _ = ddim_step(out, x, schedule.alpha_bars[0], schedule.alpha_bars_prev[0], "v_prediction",
-                              eta=1.0, noise=torch.ones_like(x))  # fmt: skip
+        x_next = ddim_step(eps, x0, eps, schedule.alpha_bars[0], schedule.alpha_bars_prev[0],
+                           eta=1.0, noise=torch.ones_like(x0))  # fmt: skip
         assert torch.isfinite(x_next).all(), f"NaN after the first of {steps} steps"
 
 

@@ -20,17 +20,19 @@ from tutorial_ldm import tiny_model as tm
 from tutorial_ldm.samplers import (
     A1111_NAMES,
     FROM_A1111,
-    SAMPLERS,
-    build_schedule,
     REGISTRY,
+    SAMPLERS,
     Denoiser,
+    build_schedule,
     ddim_step,
+    img2img_start,
     karras_sigmas,
     sample,
     sampler_name,
     sigma_schedule,
     spaced_timesteps,
     to_diffusers,
+    twin_config,
 )
 
 PROMPT = "a red circle at the top"
@@ -120,7 +122,7 @@ def _run_diffusers(pipe, name, config, steps, guidance, seeds, eta, size, count_
     return image, trace
 
 
-def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE):
+def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE, per_image=True):
     """Our sampler with the pipeline's parts, the noise drawn as the pipeline draws it."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -133,7 +135,7 @@ def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), 
     trace = []
     latents = sample(
         name, pipe.unet, noise, config, steps=steps, cond=cond, uncond=uncond, guidance=guidance,
-        generator=generator, eta=eta, callback=lambda i, total, x, x0: trace.append(x.clone()),
+        generator=generator, eta=eta, callback=lambda i, total, x, x0: trace.append(x.clone()), per_image=per_image,
     )  # fmt: skip
     return decode(pipe, latents), trace
 
@@ -200,16 +202,55 @@ def test_samplers_give_different_images(pipe):
     assert max_diff(images["ddim"], images["dpmpp_2m_karras"]) > 10 * TOL
 
 
-def test_generator_list_gives_each_image_its_own_seed(pipe):
-    """A1111's seed+k rule: image k of a batch equals the image generated alone with seed k,
-    for a sampler that draws fresh noise at every step."""
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_batch_image_k_is_the_image_made_alone(pipe, name):
+    """A1111's seed+k rule, bit for bit: image k of a batch is the image generated alone from seed k
+    (per_image=True, the default); batched as diffusers batches (per_image=False) it is diffusers'
+    batch, and within float rounding of the images made alone."""
     config = scheduler_config({})
-    batch, _ = run_ours(pipe, "euler_a", config, seeds=(5, 6))
-    assert max_diff(batch, run_diffusers(pipe, "euler_a", config, seeds=(5, 6))[0]) <= TOL
-    for k, seed in enumerate((5, 6)):
-        alone, _ = run_ours(pipe, "euler_a", config, seeds=(seed,))
-        assert max_diff(batch[k], alone[0]) <= TOL
-    assert max_diff(batch[0], batch[1]) > 10 * TOL
+    seeds = (5, 6)
+    _, batch = run_ours(pipe, name, config, seeds=seeds)
+    for k, seed in enumerate(seeds):
+        _, alone = run_ours(pipe, name, config, seeds=(seed,))
+        assert all(torch.equal(a[k : k + 1], b) for a, b in zip(batch, alone)), f"image {k} differs from seed {seed} alone"
+    assert max_diff(batch[-1][0], batch[-1][1]) > 0.1
+    images, batched = run_ours(pipe, name, config, seeds=seeds, per_image=False)
+    ref_images, ref_trace = run_diffusers(pipe, name, config, seeds=seeds)
+    assert max_diff(images, ref_images) <= TOL
+    for a, b in zip(batched, ref_trace):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(batched[-1], batch[-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_img2img_matches_diffusers(pipe, name):
+    """Starting part-way down the ladder from noised latents is diffusers' img2img, step for step."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    config, strength = scheduler_config({}), 0.6
+    init = torch.randn((1, 4, SIZE // 4, SIZE // 4), generator=torch.Generator().manual_seed(3))
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    img2img.scheduler = to_diffusers(name, config)
+    ref_trace = []
+    img2img(PROMPT, image=init, strength=strength, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+            generator=torch.Generator().manual_seed(1), output_type="latent",
+            callback_on_step_end=lambda _p, i, t, kw: (ref_trace.append(kw["latents"].clone()), kw)[1])  # fmt: skip
+    start = img2img_start(STEPS, strength)
+    ref_timesteps, n = img2img.get_timesteps(STEPS, strength, "cpu")
+    assert start == STEPS - n == 3
+    assert build_schedule(name, config, STEPS).from_step(start).timesteps.tolist() == ref_timesteps.tolist()
+
+    g = torch.Generator().manual_seed(1)
+    noise = randn_tensor(init.shape, generator=g)
+    cond, uncond = pipe.encode_prompt([PROMPT], "cpu", 1, True)
+    trace = []
+    sample(name, pipe.unet, noise, config, steps=STEPS, cond=cond, uncond=uncond, guidance=GUIDANCE, generator=g,
+           init_latents=init, start_step=start, callback=lambda i, total, x, x0: trace.append(x.clone()))  # fmt: skip
+    assert len(trace) == len(ref_trace) == STEPS - start
+    for i, (a, b) in enumerate(zip(trace, ref_trace)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"latents differ after step {i}")
+    assert img2img_start(25, 0.6) == 10 and img2img_start(25, 1.0) == 0 and img2img_start(25, 0.01) == 25
 
 
 def test_ddim_eta(pipe):
@@ -294,7 +335,20 @@ def test_schedules():
     assert karras.timesteps[0].item() == 999 and karras.timesteps.dtype == torch.int64
 
 
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_twin_config_is_what_diffusers_reads(name, config_name):
+    # defaults read from the twin's signature, without building a scheduler, are what from_config gives
+    for config in (scheduler_config(CONFIGS[config_name]), {"num_train_timesteps": 1000}):
+        ours, theirs = twin_config(name, config), dict(to_diffusers(name, config).config)
+        assert {key: ours[key] for key in theirs if key in ours} == {key: theirs[key] for key in theirs if key in ours}
+        assert set(ours) >= {"timestep_spacing", "steps_offset", "prediction_type", "beta_schedule"}
+
+
 def test_names():
+    assert set(REGISTRY) == set(SAMPLERS) == set(A1111_NAMES)
+    assert all(REGISTRY[n].function is SAMPLERS[n] and REGISTRY[n].a1111 == A1111_NAMES[n] for n in REGISTRY)
+    assert [n for n in REGISTRY if REGISTRY[n].sigmas == "karras"] == ["dpmpp_2m_karras"]
     assert set(SAMPLERS) >= {"ddpm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"}
     assert A1111_NAMES["euler_a"] == "Euler a" and A1111_NAMES["dpmpp_2m_karras"] == "DPM++ 2M Karras"
     assert all(sampler_name(a) == ours for a, ours in FROM_A1111.items())

@@ -189,25 +189,32 @@ class Schedule:
 # The denoiser: UNet + classifier-free guidance + reading ε or v as x̂₀, in one coordinate system
 
 
-def guided_model(unet, cond, uncond=None, guidance: float = 1.0):
+def guided_model(unet, cond, uncond=None, guidance: float = 1.0, *, per_image: bool = True):
     """Turn a UNet and text embeddings into `model(x_t, t) -> output` (ε or v), guided.
 
     Classifier-free guidance (Ho & Salimans 2022, eq. 6; `tutorial_ldm.guidance`), applied when
     w > 1 and an unconditional embedding is given. Like diffusers it mixes the raw output (v for a
-    v-prediction model) and runs both halves as one batch [uncond, cond]; unlike a batched call it
-    runs the UNet image by image, so that image k of a batch is the image made alone.
+    v-prediction model) and runs both halves as one batch [uncond, cond].
+
+    per_image=True runs the UNet image by image, so that image k of a batch is bit for bit the
+    image made alone (batched matrix products round differently from single ones); False runs the
+    whole batch at once, as diffusers does, 2–2.5× faster on the CPU for batches of 4–16
+    (bench/batch_determinism.py).
     """
     cfg = uncond is not None and guidance > 1
 
-    def one_image(x, t, k):
+    def guided(x, t, cond, uncond):
         if not cfg:
-            return unet(x, t, encoder_hidden_states=cond[k : k + 1], return_dict=False)[0]
-        context = torch.cat([uncond[k : k + 1], cond[k : k + 1]])
-        out_uncond, out_cond = unet(torch.cat([x] * 2), t, encoder_hidden_states=context, return_dict=False)[0].chunk(2)
+            return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+        out = unet(torch.cat([x] * 2), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
+        out_uncond, out_cond = out.chunk(2)
         return classifier_free_guidance(out_uncond, out_cond, guidance)
 
     def model(x, t):
-        return torch.cat([one_image(x[k : k + 1], t, k) for k in range(len(x))])
+        if not per_image:
+            return guided(x, t, cond, uncond)
+        one = [slice(k, k + 1) for k in range(len(x))]
+        return torch.cat([guided(x[k], t, cond[k], None if uncond is None else uncond[k]) for k in one])
 
     return model
 
@@ -222,10 +229,10 @@ class Denoiser:
     and ε̂ = (x/s − x̂₀)/σ, which in the σ view is the probability-flow ODE's slope dx/dσ.
     """
 
-    def __init__(self, unet, cond, uncond=None, guidance: float = 1.0, *, prediction_type: str):
+    def __init__(self, unet, cond, uncond=None, guidance: float = 1.0, *, prediction_type: str, per_image=True):
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type={prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
-        self.model = guided_model(unet, cond, uncond, guidance)
+        self.model = guided_model(unet, cond, uncond, guidance, per_image=per_image)
         self.prediction_type = prediction_type
 
     def __call__(self, x, schedule: Schedule, i: int):
@@ -685,6 +692,7 @@ def sample(
     eta: float = 0.0,
     init_latents: torch.Tensor | None = None,
     start_step: int = 0,
+    per_image: bool = True,
 ) -> torch.Tensor:
     """Run sampler `name` (ours or A1111's name) from `noise` and return latents in the UNet's space.
 
@@ -697,7 +705,10 @@ def sample(
     - callback(i, n, x, x0) after each step; eta: DDIM's η (ddim only);
     - init_latents, start_step: img2img. The clean latents (scaled, as the UNet sees them) are
       noised to rung `start_step` of the `steps`-step ladder and sampled from there, as diffusers'
-      img2img pipeline does with `img2img_start(steps, strength)`; n is then steps − start_step.
+      img2img pipeline does with `img2img_start(steps, strength)`; n is then steps − start_step;
+    - per_image: True (the default) makes image k of a batch bit for bit the image sampled alone
+      from noise[k] and generator[k]; False batches the UNet as diffusers does (faster; image k then
+      differs from the one made alone by float rounding, ≤ 1/255 after decoding). See `guided_model`.
     The caller divides the result by `vae.config.scaling_factor` and decodes it.
     """
     name = sampler_name(name)
@@ -712,7 +723,7 @@ def sample(
             "ε-prediction model: x̂₀ = (x − ε̂)/0. Use a v-prediction model, timestep_spacing='leading', "
             "or a σ-view sampler (euler, euler_a, dpmpp_2m)"
         )
-    denoiser = Denoiser(unet, cond, uncond, guidance, prediction_type=prediction_type)
+    denoiser = Denoiser(unet, cond, uncond, guidance, prediction_type=prediction_type, per_image=per_image)
     extra = {"eta": eta} if name == "ddim" else {}
     x = schedule.start(noise, init_latents)
     return SAMPLERS[name](denoiser, x, schedule, generator=generator, callback=callback, **extra)

@@ -122,7 +122,7 @@ def _run_diffusers(pipe, name, config, steps, guidance, seeds, eta, size, count_
     return image, trace
 
 
-def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE, per_image=True):
+def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE, per_image=False):
     """Our sampler with the pipeline's parts, the noise drawn as the pipeline draws it."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -204,12 +204,12 @@ def test_samplers_give_different_images(pipe):
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_batch_image_k_is_the_image_made_alone(pipe, name):
-    """A1111's seed+k rule, bit for bit: image k of a batch is the image generated alone from seed k
-    (per_image=True, the default); batched as diffusers batches (per_image=False) it is diffusers'
+    """A1111's seed+k rule, bit for bit: with per_image=True image k of a batch is the image generated
+    alone from seed k; batched as diffusers batches (per_image=False, the default) it is diffusers'
     batch, and within float rounding of the images made alone."""
     config = scheduler_config({})
     seeds = (5, 6)
-    _, batch = run_ours(pipe, name, config, seeds=seeds)
+    _, batch = run_ours(pipe, name, config, seeds=seeds, per_image=True)
     for k, seed in enumerate(seeds):
         _, alone = run_ours(pipe, name, config, seeds=(seed,))
         assert all(torch.equal(a[k : k + 1], b) for a, b in zip(batch, alone)), f"image {k} differs from seed {seed} alone"
@@ -368,9 +368,12 @@ def test_bad_input_is_refused(pipe):
     def run(name="ddim", **kw):
         return sample(name, pipe.unet, noise, config, **(dict(steps=3, cond=cond, uncond=uncond, guidance=GUIDANCE) | kw))
 
+    from tutorial_ldm.settings import SettingsError
+
     for steps in (0, 1001, 2.5):
-        with pytest.raises(ValueError, match=f"steps={steps}"):
+        with pytest.raises(SettingsError, match=f"steps={steps}") as e:
             run(steps=steps)
+        assert e.value.field == "steps"
     with pytest.raises(ValueError, match="unknown sampler 'LMS'.*euler_a"):
         run("LMS")
     for guidance in (math.nan, -1.0):
@@ -382,6 +385,13 @@ def test_bad_input_is_refused(pipe):
         run(generator=[torch.Generator(), torch.Generator()])
     with pytest.raises(ValueError, match="uncond's shape"):
         run(uncond=uncond[:, :5])
+    with pytest.raises(ValueError, match="start_step=2 needs init_latents"):
+        run(start_step=2)
+    for start in (3, -1):
+        with pytest.raises(ValueError, match=f"start step {start} must be from 0 to 2"):
+            run(start_step=start, init_latents=noise)
+    with pytest.raises(ValueError, match="init_latents' shape"):
+        run(start_step=1, init_latents=noise[:, :3])
     with pytest.raises(ValueError, match="thresholding=True is not supported"):
         sample("ddim", pipe.unet, noise, {**config, "thresholding": True}, steps=3, cond=cond)
 

@@ -44,9 +44,12 @@ bit those of the matching diffusers scheduler (`to_diffusers`; tests/test_sample
 Where that needs diffusers' arithmetic or its quirks rather than the paper's, the code is in the
 "diffusers parity" section below, each quirk with the reason.
 
-Batches: image k of a batch is, bit for bit, the image generated alone from the same noise and
-generator on the same device and thread count (`Denoiser` runs the UNet image by image because
-batched matrix products round differently: measured in bench/batch_determinism.py).
+Batches: with `per_image=True` image k of a batch is, bit for bit, the image sampled alone from the
+same noise and generator, for every sampler (the UNet then runs image by image: batched matrix
+products round differently); by default the UNet is batched as diffusers batches it, and image k
+is within float rounding of it (a few 1e-5 in the latents, ≤ 1/255 in pixels). Either way the result
+is bit for bit repeatable on one device with one thread count; another thread count moves the
+last bits (≤ 2e-5 in the latents, measured). Figures: bench/batch_determinism.py.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ import torch
 
 from .guidance import classifier_free_guidance
 from .noise_schedule import NoiseSchedule
+from .settings import check_guidance, check_steps
 
 # ---------------------------------------------------------------------------------------------
 # The noise schedule: ᾱ_t (chapter 1's `NoiseSchedule`) → σ_t → the levels a sampler visits
@@ -165,7 +169,7 @@ class Schedule:
 
     def from_step(self, k: int) -> Schedule:
         """The ladder from rung k down: what img2img walks (diffusers' `timesteps[t_start:]`)."""
-        if not 0 <= k < len(self):
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(self):
             raise ValueError(f"start step {k!r} must be from 0 to {len(self) - 1} (the ladder has {len(self)} steps)")
         cut = {name: getattr(self, name)[k:] for name in ("timesteps", "sigmas", "alphas", "sds")}
         if self.alpha_bars is not None:
@@ -189,16 +193,16 @@ class Schedule:
 # The denoiser: UNet + classifier-free guidance + reading ε or v as x̂₀, in one coordinate system
 
 
-def guided_model(unet, cond, uncond=None, guidance: float = 1.0, *, per_image: bool = True):
+def guided_model(unet, cond, uncond=None, guidance: float = 1.0, *, per_image: bool = False):
     """Turn a UNet and text embeddings into `model(x_t, t) -> output` (ε or v), guided.
 
     Classifier-free guidance (Ho & Salimans 2022, eq. 6; `tutorial_ldm.guidance`), applied when
     w > 1 and an unconditional embedding is given. Like diffusers it mixes the raw output (v for a
     v-prediction model) and runs both halves as one batch [uncond, cond].
 
-    per_image=True runs the UNet image by image, so that image k of a batch is bit for bit the
-    image made alone (batched matrix products round differently from single ones); False runs the
-    whole batch at once, as diffusers does, 2–2.5× faster on the CPU for batches of 4–16
+    per_image=False runs the whole batch at once, as diffusers does; True runs the UNet image by
+    image, so that image k of a batch is bit for bit the image made alone (batched matrix products
+    round differently from single ones), at 2–2.6× the CPU time for batches of 4–16
     (bench/batch_determinism.py).
     """
     cfg = uncond is not None and guidance > 1
@@ -229,7 +233,7 @@ class Denoiser:
     and ε̂ = (x/s − x̂₀)/σ, which in the σ view is the probability-flow ODE's slope dx/dσ.
     """
 
-    def __init__(self, unet, cond, uncond=None, guidance: float = 1.0, *, prediction_type: str, per_image=True):
+    def __init__(self, unet, cond, uncond=None, guidance: float = 1.0, *, prediction_type: str, per_image=False):
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type={prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
         self.model = guided_model(unet, cond, uncond, guidance, per_image=per_image)
@@ -654,11 +658,8 @@ def build_schedule(name: str, scheduler_config, steps: int) -> Schedule:
 
 
 def _check_inputs(name, noise, scheduler_config, steps, cond, uncond, guidance, generator, eta, init_latents):
-    T = dict(scheduler_config)["num_train_timesteps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps={steps!r} must be an integer from 1 to num_train_timesteps={T}")
-    if not isinstance(guidance, (int, float)) or math.isnan(guidance) or guidance < 0:
-        raise ValueError(f"guidance={guidance!r} must be a number ≥ 0 (1 = no guidance)")
+    check_steps(steps, dict(scheduler_config)["num_train_timesteps"])
+    check_guidance(guidance)
     if not isinstance(eta, (int, float)) or math.isnan(eta) or eta < 0:
         raise ValueError(f"eta={eta!r} must be a number ≥ 0")
     if eta != 0 and name != "ddim":
@@ -692,7 +693,7 @@ def sample(
     eta: float = 0.0,
     init_latents: torch.Tensor | None = None,
     start_step: int = 0,
-    per_image: bool = True,
+    per_image: bool = False,
 ) -> torch.Tensor:
     """Run sampler `name` (ours or A1111's name) from `noise` and return latents in the UNet's space.
 
@@ -706,9 +707,10 @@ def sample(
     - init_latents, start_step: img2img. The clean latents (scaled, as the UNet sees them) are
       noised to rung `start_step` of the `steps`-step ladder and sampled from there, as diffusers'
       img2img pipeline does with `img2img_start(steps, strength)`; n is then steps − start_step;
-    - per_image: True (the default) makes image k of a batch bit for bit the image sampled alone
-      from noise[k] and generator[k]; False batches the UNet as diffusers does (faster; image k then
-      differs from the one made alone by float rounding, ≤ 1/255 after decoding). See `guided_model`.
+    - per_image: False batches the UNet as diffusers does (image k then differs from the image
+      sampled alone by float rounding: a few 1e-5 in the latents, ≤ 1/255 after decoding);
+      True makes image k of a batch bit for bit the image sampled alone from noise[k] and
+      generator[k] (on the same device and thread count), at 2–2.6× the CPU time. See `guided_model`.
     The caller divides the result by `vae.config.scaling_factor` and decodes it.
     """
     name = sampler_name(name)

@@ -39,8 +39,9 @@ Notation key (variable → symbol):
     log_snr  λ = log(α/σ^VP) = −log σ, DPM-Solver's time         h            λ_next − λ (DPM-Solver)
     eta      η, DDIM's stochasticity: 0 = deterministic, 1 = DDPM's variance
 
-Equivalence with diffusers is the point: with one image the latents after every step are bit for
-bit those of the matching diffusers scheduler (`to_diffusers`; tests/test_samplers.py checks it).
+Equivalence with diffusers is the point: the latents after every step are those of the matching
+diffusers scheduler (`to_diffusers`) in its pipeline, txt2img and img2img, one image or a batch
+(tests/test_samplers.py checks them to 1e-4; measured, they are equal bit for bit).
 Where that needs diffusers' arithmetic or its quirks rather than the paper's, the code is in the
 "diffusers parity" section below, each quirk with the reason.
 
@@ -111,35 +112,6 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     ramp = np.linspace(0, 1, n)
     min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-
-
-def spaced_timesteps(
-    num_train_timesteps: int, steps: int, spacing: str, steps_offset: int = 0, *, solver_grid: bool = False
-) -> np.ndarray:
-    """Which `steps` of the T training timesteps to visit, largest first (Lin et al. 2024, Table 2).
-
-    - "leading":  0, T/n, 2T/n, … shifted by `steps_offset` (SD 1.x: 901, 801, …, 1). Never starts at
-      t = T, so a zero-terminal-SNR model never sees its pure-noise step.
-    - "trailing": T−1, T−1−T/n, …: starts at pure noise.
-    - "linspace": n evenly spaced points from 0 to T−1 (not rounded: diffusers' Euler keeps them
-      fractional; DDIM and DDPM round them).
-    DPM-Solver (`solver_grid=True`) lays n+1 points with "leading" and "linspace" and drops the t = 0
-    one, since its last step lands on σ = 0 by itself.
-    """
-    T, n = num_train_timesteps, steps
-    if spacing == "linspace":
-        if solver_grid:
-            return np.linspace(0, T - 1, n + 1).round()[::-1][:-1].copy()
-        return np.linspace(0, T - 1, n)[::-1].copy()
-    if spacing == "leading":
-        if solver_grid:
-            ratio = T // (n + 1)
-            return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy() + steps_offset
-        ratio = T // n
-        return (np.arange(0, n) * ratio).round()[::-1].copy() + steps_offset
-    if spacing == "trailing":
-        return np.round(np.arange(T, 0, -T / n)) - 1
-    raise ValueError(f"timestep_spacing={spacing!r} is not supported; use 'leading', 'trailing' or 'linspace'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +213,7 @@ class Denoiser:
 
     def __call__(self, x, schedule: Schedule, i: int):
         t = schedule.timesteps[i]
-        if schedule.view == "sigma":
+        if schedule.view == "sigma":  # x_t = x_σ/√(σ²+1): Euler's `scale_model_input`
             sigma = schedule.sigmas[i]
             return read_sigma_view(self.model(x / ((sigma**2 + 1) ** 0.5), t), x, sigma, self.prediction_type)
         return read_alpha_view(self.model(x, t), x, schedule.alphas[i], schedule.sds[i], self.prediction_type)
@@ -408,9 +380,8 @@ def sample_dpmpp_2m(denoiser, x, schedule: Schedule, *, generator=None, callback
 
 
 # ---------------------------------------------------------------------------------------------
-# --- diffusers parity ---
-# Where we write the arithmetic as the twin diffusers scheduler writes it, or follow its quirks,
-# so that our latents are bit for bit its latents. Each item says why.
+# Diffusers parity: where we write the arithmetic as the twin diffusers scheduler writes it, or
+# follow its quirks, so that our latents are bit for bit its latents. Each item says why.
 
 
 def read_alpha_view(out, x, alpha, sd, prediction_type):
@@ -471,6 +442,35 @@ def img2img_start(steps: int, strength: float) -> int:
     return steps - min(int(steps * strength), steps)
 
 
+def spaced_timesteps(
+    num_train_timesteps: int, steps: int, spacing: str, steps_offset: int = 0, *, solver_grid: bool = False
+) -> np.ndarray:
+    """Which `steps` of the T training timesteps to visit, largest first (Lin et al. 2024, Table 2).
+
+    - "leading":  0, T/n, 2T/n, … shifted by `steps_offset` (SD 1.x: 901, 801, …, 1). Never starts at
+      t = T, so a zero-terminal-SNR model never sees its pure-noise step.
+    - "trailing": T−1, T−1−T/n, …: starts at pure noise.
+    - "linspace": n evenly spaced points from 0 to T−1 (not rounded: diffusers' Euler keeps them
+      fractional; DDIM and DDPM round them).
+    DPM-Solver (`solver_grid=True`) lays n+1 points with "leading" and "linspace" and drops the t = 0
+    one, since its last step lands on σ = 0 by itself.
+    """
+    T, n = num_train_timesteps, steps
+    if spacing == "linspace":
+        if solver_grid:
+            return np.linspace(0, T - 1, n + 1).round()[::-1][:-1].copy()
+        return np.linspace(0, T - 1, n)[::-1].copy()
+    if spacing == "leading":
+        if solver_grid:
+            ratio = T // (n + 1)
+            return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy() + steps_offset
+        ratio = T // n
+        return (np.arange(0, n) * ratio).round()[::-1].copy() + steps_offset
+    if spacing == "trailing":
+        return np.round(np.arange(T, 0, -T / n)) - 1
+    raise ValueError(f"timestep_spacing={spacing!r} is not supported; use 'leading', 'trailing' or 'linspace'")
+
+
 # settings of the diffusers schedulers we do not implement: (key, the value we support)
 _SUPPORTED = {
     "thresholding": False,
@@ -512,15 +512,6 @@ def twin_config(name: str, scheduler_config) -> dict:
     return config
 
 
-def _alpha_view_schedule(timesteps, ab, ab_t, ab_prev, final, clip_sample):
-    alpha_bars = torch.cat([ab_t, final.reshape(1)])  # rung n: where the last step lands
-    return Schedule(
-        timesteps=timesteps, sigmas=alpha_bar_to_sigma(alpha_bars), alphas=alpha_bars**0.5,
-        sds=(1 - alpha_bars) ** 0.5, view="alpha", init_noise_sigma=torch.tensor(1.0),
-        alpha_bars=ab_t, alpha_bars_prev=ab_prev, clip_sample=clip_sample,
-    )  # fmt: skip
-
-
 def alpha_bar_schedule(config, steps: int, *, ddim: bool, karras: bool = False) -> Schedule:
     """The ladder DDPMScheduler (ddim=False) or DDIMScheduler (ddim=True) would walk for `steps` steps.
 
@@ -543,8 +534,12 @@ def alpha_bar_schedule(config, steps: int, *, ddim: bool, karras: bool = False) 
         final = torch.tensor(1.0)
         prev = [int(ti) for ti in t[1:]] + [-1]
     ab_prev = torch.stack([ab[p] if p >= 0 else final for p in prev])
-    clip_sample = config["clip_sample_range"] if config.get("clip_sample", False) else None
-    return _alpha_view_schedule(timesteps, ab, ab[timesteps], ab_prev, ab_prev[-1], clip_sample)
+    rungs = torch.cat([ab[timesteps], ab_prev[-1:]])  # ᾱ at each t_i, then where the last step lands
+    return Schedule(
+        timesteps=timesteps, sigmas=alpha_bar_to_sigma(rungs), alphas=rungs**0.5, sds=(1 - rungs) ** 0.5,
+        view="alpha", init_noise_sigma=torch.tensor(1.0), alpha_bars=ab[timesteps], alpha_bars_prev=ab_prev,
+        clip_sample=config["clip_sample_range"] if config.get("clip_sample", False) else None,
+    )  # fmt: skip
 
 
 def sigma_schedule(config, steps: int, *, karras: bool = False, solver: bool = False) -> Schedule:
@@ -565,7 +560,11 @@ def sigma_schedule(config, steps: int, *, karras: bool = False, solver: bool = F
         if karras:
             sigmas = karras_sigmas(train_sigmas[0].item(), train_sigmas[-1].item(), steps)
             t = sigma_to_t(sigmas, train_sigmas)
-            # diffusers rounds these, except for the cosine schedule, where it truncates
+            # Near σ_max several σ's can map to one timestep (999 three times for the shipped model
+            # at 50 steps). Diffusers' txt2img then starts its step counter at the second rung with
+            # that timestep and runs off the end; we walk every σ in order, as it does once the
+            # counter starts at 0 (img2img's set_begin_index). Rounded, except for the cosine
+            # schedule, where diffusers truncates.
             t = (t if config["beta_schedule"] == "squaredcos_cap_v2" else t.round()).astype(np.int64)
         else:
             sigmas = np.interp(t, np.arange(T), train_sigmas)

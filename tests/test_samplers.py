@@ -3,7 +3,9 @@
 Each case runs one prompt, seed, step count and guidance through `tutorial_ldm.samplers.sample` and
 through `StableDiffusionPipeline(...)` with `to_diffusers(name, config)` as its scheduler, on a tiny
 random pipeline built here, and requires max |Δpixel| ≤ 2/255 (and the latents of every step to
-agree). `test_tolerance_is_meaningful` checks that a one-step or off-by-one error would fail it.
+agree to 1e-4; measured, they are equal). `test_tolerance_is_meaningful` checks that a one-step or
+off-by-one error would fail it. Batches (image k = the image made alone, with per_image=True) and
+img2img (starting part-way down the ladder) are checked the same way.
 """
 
 from __future__ import annotations
@@ -161,6 +163,23 @@ def test_matches_diffusers(pipe, name, config_name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"latents differ after step {i}")
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_both_views_read_the_same_prediction(prediction_type):
+    """One coordinate system: the same latent given as x_σ (σ view) or x_t = α·x_σ (ᾱ view) is read
+    as the same x̂₀ and ε̂, up to float rounding."""
+    from tutorial_ldm.samplers import read_alpha_view, read_sigma_view, sigma_to_vp
+
+    out, x_sigma = torch.randn(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.05, 1.0, 14.6):
+        sigma = torch.tensor(sigma)
+        alpha, sd = sigma_to_vp(sigma)
+        x_sigma_scaled = x_sigma * (sigma**2 + 1) ** 0.5  # a latent of the right size at this level
+        x0_s, eps_s = read_sigma_view(out, x_sigma_scaled, sigma, prediction_type)
+        x0_a, eps_a = read_alpha_view(out, alpha * x_sigma_scaled, alpha, sd, prediction_type)
+        torch.testing.assert_close(x0_s, x0_a, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(eps_s, eps_a, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"])
 def test_sigma_samplers_handle_eps_with_zero_terminal_snr(pipe, name):
     # σ_T = ∞ here; like diffusers we start from ᾱ_T = 2⁻²⁴ (σ ≈ 4096)
@@ -270,12 +289,12 @@ def test_ddim_eta_one_from_pure_noise_is_finite():
     # from ᾱ_t = 0, η = 1 makes √(1 − ᾱ_t' − σ_t²) a root of (rounded) 0: diffusers returns NaN for
     # some step counts (50 with this schedule); we clamp
     config = {**tm.scheduler_config(SMALL), "set_alpha_to_one": True}
-    x0, eps = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x, x0, eps = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     for steps in range(1, 201):
         schedule = build_schedule("ddim", config, steps)
         assert schedule.alpha_bars[0] == 0
-        x_next = ddim_step(eps, x0, eps, schedule.alpha_bars[0], schedule.alpha_bars_prev[0],
-                           eta=1.0, noise=torch.ones_like(x0))  # fmt: skip
+        x_next = ddim_step(x, x0, eps, schedule.alpha_bars[0], schedule.alpha_bars_prev[0],
+                           eta=1.0, noise=torch.ones_like(x))  # fmt: skip
         assert torch.isfinite(x_next).all(), f"NaN after the first of {steps} steps"
 
 

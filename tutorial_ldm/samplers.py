@@ -38,6 +38,7 @@ Notation key (variable → symbol):
     sigma    σ_t = √((1−ᾱ_t)/ᾱ_t)                                alpha, sd    α_t = √ᾱ_t, σ_t^VP = √(1−ᾱ_t)
     log_snr  λ = log(α/σ^VP) = −log σ, DPM-Solver's time         h            λ_next − λ (DPM-Solver)
     eta      η, DDIM's stochasticity: 0 = deterministic, 1 = DDPM's variance
+    view     the coordinates x is kept in, x = s·(x₀ + σ·ε): "sigma" (s = 1) or "alpha" (s = α)
 
 Equivalence with diffusers is the point: the latents after every step are those of the matching
 diffusers scheduler (`to_diffusers`) in its pipeline, txt2img and img2img, one image or a batch

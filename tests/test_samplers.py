@@ -231,7 +231,8 @@ def test_batch_image_k_is_the_image_made_alone(pipe, name):
     _, batch = run_ours(pipe, name, config, seeds=seeds, per_image=True)
     for k, seed in enumerate(seeds):
         _, alone = run_ours(pipe, name, config, seeds=(seed,))
-        assert all(torch.equal(a[k : k + 1], b) for a, b in zip(batch, alone)), f"image {k} differs from seed {seed} alone"
+        same = all(torch.equal(a[k : k + 1], b) for a, b in zip(batch, alone))
+        assert same, f"image {k} of the batch differs from seed {seed} alone"
     assert max_diff(batch[-1][0], batch[-1][1]) > 0.1
     images, batched = run_ours(pipe, name, config, seeds=seeds, per_image=False)
     ref_images, ref_trace = run_diffusers(pipe, name, config, seeds=seeds)

@@ -602,6 +602,11 @@ class Sampler:
     sigmas: str = "default"  # "default" (the spaced timesteps' σ's) or "karras" (Karras et al. 2022, eq. 5)
     twin_config: Mapping = field(default_factory=dict)  # the settings that make `twin` this sampler
 
+    @property
+    def takes_eta(self) -> bool:
+        """Whether the loop has DDIM's η (`sample(..., eta=)`)."""
+        return "eta" in inspect.signature(self.function).parameters
+
 
 _PLAIN_SIGMAS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
@@ -662,8 +667,9 @@ def _check_inputs(name, noise, scheduler_config, steps, cond, uncond, guidance, 
     check_guidance(guidance)
     if not isinstance(eta, (int, float)) or math.isnan(eta) or eta < 0:
         raise ValueError(f"eta={eta!r} must be a number ≥ 0")
-    if eta != 0 and name != "ddim":
-        raise ValueError(f"eta={eta!r} applies to 'ddim' only, not {name!r}")
+    if eta != 0 and not REGISTRY[name].takes_eta:
+        takes = " and ".join(repr(n) for n, record in REGISTRY.items() if record.takes_eta)
+        raise ValueError(f"eta={eta!r} applies to {takes} only, not {name!r}")
     if noise.ndim != 4:
         raise ValueError(f"noise must be (batch, channels, height, width), got shape {tuple(noise.shape)}")
     if cond.ndim != 3 or cond.shape[0] != noise.shape[0]:
@@ -723,9 +729,9 @@ def sample(
         raise ValueError(
             f"{name!r} cannot start at t={int(schedule.timesteps[0])} where ᾱ = 0 (zero terminal SNR) with an "
             "ε-prediction model: x̂₀ = (x − ε̂)/0. Use a v-prediction model, timestep_spacing='leading', "
-            "or a σ-view sampler (euler, euler_a, dpmpp_2m)"
+            "or a sampler on a σ ladder, which starts at σ ≈ 4096 instead (euler, euler_a, dpmpp_2m)"
         )
     denoiser = Denoiser(unet, cond, uncond, guidance, prediction_type=prediction_type, per_image=per_image)
-    extra = {"eta": eta} if name == "ddim" else {}
+    extra = {"eta": eta} if REGISTRY[name].takes_eta else {}
     x = schedule.start(noise, init_latents)
     return SAMPLERS[name](denoiser, x, schedule, generator=generator, callback=callback, **extra)

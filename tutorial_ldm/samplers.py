@@ -77,9 +77,9 @@ from .settings import check_guidance, check_steps
 def alpha_bars_from_config(config, *, finite_terminal_sigma: bool = False) -> torch.Tensor:
     """ᾱ_t = ∏_{s≤t} (1 − β_s) (DDPM eq. 4), for t = 0 … T−1.
 
-    With a zero-terminal-SNR schedule ᾱ_T = 0, so σ_T = ∞ and the σ-view samplers could not start.
-    They (and diffusers' Euler and DPM-Solver schedulers) replace it by 2⁻²⁴: σ_T ≈ 4096, still
-    pure noise in float32. DDPM and DDIM keep the exact 0.
+    With a zero-terminal-SNR schedule ᾱ_T = 0, so σ_T = ∞ and the samplers on σ ladders (Euler,
+    DPM-Solver) could not start. They (and diffusers' Euler and DPM-Solver schedulers) replace it by
+    2⁻²⁴: σ_T ≈ 4096, still pure noise in float32. DDPM and DDIM keep the exact 0.
     """
     if config.get("trained_betas") is not None:
         raise ValueError("scheduler setting trained_betas is not supported; give beta_schedule instead")

@@ -496,9 +496,9 @@ def twin_config(name: str, scheduler_config) -> dict:
     its own defaults (Euler "linspace", DDIM "leading"), so the same partial config means different
     ladders to different samplers, in diffusers and here alike. Refuses settings we do not implement.
     """
-    record = REGISTRY[sampler_name(name)]
     import diffusers
 
+    record = REGISTRY[sampler_name(name)]
     params = inspect.signature(getattr(diffusers, record.twin).__init__).parameters
     defaults = {key: p.default for key, p in params.items() if p.default is not inspect.Parameter.empty}
     given = {key: value for key, value in dict(scheduler_config).items() if key in params}

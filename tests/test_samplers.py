@@ -3,7 +3,9 @@
 Each case runs one prompt, seed, step count and guidance through `tutorial_ldm.samplers.sample` and
 through `StableDiffusionPipeline(...)` with `to_diffusers(name, config)` as its scheduler, on a tiny
 random pipeline built here, and requires max |Δpixel| ≤ 2/255 (and the latents of every step to
-agree). `test_tolerance_is_meaningful` checks that a one-step or off-by-one error would fail it.
+agree to 1e-4; measured, they are equal). `test_tolerance_is_meaningful` checks that a one-step or
+off-by-one error would fail it. Batches (image k = the image made alone, with per_image=True) and
+img2img (starting part-way down the ladder) are checked the same way.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from tutorial_ldm import tiny_model as tm
 from tutorial_ldm.samplers import (
     A1111_NAMES,
     FROM_A1111,
+    REGISTRY,
     SAMPLERS,
+    Denoiser,
     build_schedule,
     ddim_step,
-    guided_model,
+    img2img_start,
     karras_sigmas,
     sample,
     sampler_name,
     sigma_schedule,
     spaced_timesteps,
     to_diffusers,
+    twin_config,
 )
 
 PROMPT = "a red circle at the top"
@@ -119,7 +124,7 @@ def _run_diffusers(pipe, name, config, steps, guidance, seeds, eta, size, count_
     return image, trace
 
 
-def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE):
+def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), eta=0.0, size=SIZE, per_image=False):
     """Our sampler with the pipeline's parts, the noise drawn as the pipeline draws it."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -132,7 +137,7 @@ def run_ours(pipe, name, config, *, steps=STEPS, guidance=GUIDANCE, seeds=(1,), 
     trace = []
     latents = sample(
         name, pipe.unet, noise, config, steps=steps, cond=cond, uncond=uncond, guidance=guidance,
-        generator=generator, eta=eta, callback=lambda i, total, x, x0: trace.append(x.clone()),
+        generator=generator, eta=eta, callback=lambda i, total, x, x0: trace.append(x.clone()), per_image=per_image,
     )  # fmt: skip
     return decode(pipe, latents), trace
 
@@ -156,6 +161,23 @@ def test_matches_diffusers(pipe, name, config_name):
     assert len(our_trace) == len(ref_trace) == STEPS
     for i, (a, b) in enumerate(zip(our_trace, ref_trace)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"latents differ after step {i}")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_both_views_read_the_same_prediction(prediction_type):
+    """One coordinate system: the same latent given as x_σ (σ view) or x_t = α·x_σ (ᾱ view) is read
+    as the same x̂₀ and ε̂, up to float rounding."""
+    from tutorial_ldm.samplers import read_alpha_view, read_sigma_view, sigma_to_vp
+
+    out, x_sigma = torch.randn(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.05, 1.0, 14.6):
+        sigma = torch.tensor(sigma)
+        alpha, sd = sigma_to_vp(sigma)
+        x_sigma_scaled = x_sigma * (sigma**2 + 1) ** 0.5  # a latent of the right size at this level
+        x0_s, eps_s = read_sigma_view(out, x_sigma_scaled, sigma, prediction_type)
+        x0_a, eps_a = read_alpha_view(out, alpha * x_sigma_scaled, alpha, sd, prediction_type)
+        torch.testing.assert_close(x0_s, x0_a, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(eps_s, eps_a, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"])
@@ -187,7 +209,8 @@ def test_tolerance_is_meaningful(pipe, name):
     broken = dataclasses.replace(schedule, timesteps=shifted)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn((1, 4, SIZE // 4, SIZE // 4), generator=g)
-    latents = SAMPLERS[name](guided_model(pipe.unet, cond, uncond, GUIDANCE), noise, broken, generator=g)
+    denoiser = Denoiser(pipe.unet, cond, uncond, GUIDANCE, prediction_type=config["prediction_type"])
+    latents = SAMPLERS[name](denoiser, broken.start(noise), broken, generator=g)
     assert max_diff(decode(pipe, latents), ref) > 2 * TOL
 
 
@@ -198,16 +221,56 @@ def test_samplers_give_different_images(pipe):
     assert max_diff(images["ddim"], images["dpmpp_2m_karras"]) > 10 * TOL
 
 
-def test_generator_list_gives_each_image_its_own_seed(pipe):
-    """A1111's seed+k rule: image k of a batch equals the image generated alone with seed k,
-    for a sampler that draws fresh noise at every step."""
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_batch_image_k_is_the_image_made_alone(pipe, name):
+    """A1111's seed+k rule, bit for bit: with per_image=True image k of a batch is the image generated
+    alone from seed k; batched as diffusers batches (per_image=False, the default) it is diffusers'
+    batch, and within float rounding of the images made alone."""
     config = scheduler_config({})
-    batch, _ = run_ours(pipe, "euler_a", config, seeds=(5, 6))
-    assert max_diff(batch, run_diffusers(pipe, "euler_a", config, seeds=(5, 6))[0]) <= TOL
-    for k, seed in enumerate((5, 6)):
-        alone, _ = run_ours(pipe, "euler_a", config, seeds=(seed,))
-        assert max_diff(batch[k], alone[0]) <= TOL
-    assert max_diff(batch[0], batch[1]) > 10 * TOL
+    seeds = (5, 6)
+    _, batch = run_ours(pipe, name, config, seeds=seeds, per_image=True)
+    for k, seed in enumerate(seeds):
+        _, alone = run_ours(pipe, name, config, seeds=(seed,))
+        same = all(torch.equal(a[k : k + 1], b) for a, b in zip(batch, alone))
+        assert same, f"image {k} of the batch differs from seed {seed} alone"
+    assert max_diff(batch[-1][0], batch[-1][1]) > 0.1
+    images, batched = run_ours(pipe, name, config, seeds=seeds, per_image=False)
+    ref_images, ref_trace = run_diffusers(pipe, name, config, seeds=seeds)
+    assert max_diff(images, ref_images) <= TOL
+    for a, b in zip(batched, ref_trace):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(batched[-1], batch[-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_img2img_matches_diffusers(pipe, name):
+    """Starting part-way down the ladder from noised latents is diffusers' img2img, step for step."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    config, strength = scheduler_config({}), 0.6
+    init = torch.randn((1, 4, SIZE // 4, SIZE // 4), generator=torch.Generator().manual_seed(3))
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    img2img.scheduler = to_diffusers(name, config)
+    ref_trace = []
+    img2img(PROMPT, image=init, strength=strength, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+            generator=torch.Generator().manual_seed(1), output_type="latent",
+            callback_on_step_end=lambda _p, i, t, kw: (ref_trace.append(kw["latents"].clone()), kw)[1])  # fmt: skip
+    start = img2img_start(STEPS, strength)
+    ref_timesteps, n = img2img.get_timesteps(STEPS, strength, "cpu")
+    assert start == STEPS - n == 3
+    assert build_schedule(name, config, STEPS).from_step(start).timesteps.tolist() == ref_timesteps.tolist()
+
+    g = torch.Generator().manual_seed(1)
+    noise = randn_tensor(init.shape, generator=g)
+    cond, uncond = pipe.encode_prompt([PROMPT], "cpu", 1, True)
+    trace = []
+    sample(name, pipe.unet, noise, config, steps=STEPS, cond=cond, uncond=uncond, guidance=GUIDANCE, generator=g,
+           init_latents=init, start_step=start, callback=lambda i, total, x, x0: trace.append(x.clone()))  # fmt: skip
+    assert len(trace) == len(ref_trace) == STEPS - start
+    for i, (a, b) in enumerate(zip(trace, ref_trace)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"latents differ after step {i}")
+    assert img2img_start(25, 0.6) == 10 and img2img_start(25, 1.0) == 0 and img2img_start(25, 0.01) == 25
 
 
 def test_ddim_eta(pipe):
@@ -227,12 +290,12 @@ def test_ddim_eta_one_from_pure_noise_is_finite():
     # from ᾱ_t = 0, η = 1 makes √(1 − ᾱ_t' − σ_t²) a root of (rounded) 0: diffusers returns NaN for
     # some step counts (50 with this schedule); we clamp
     config = {**tm.scheduler_config(SMALL), "set_alpha_to_one": True}
-    out, x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x, x0, eps = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     for steps in range(1, 201):
         schedule = build_schedule("ddim", config, steps)
         assert schedule.alpha_bars[0] == 0
-        x_next, _ = ddim_step(out, x, schedule.alpha_bars[0], schedule.alpha_bars_prev[0], "v_prediction",
-                              eta=1.0, noise=torch.ones_like(x))  # fmt: skip
+        x_next = ddim_step(x, x0, eps, schedule.alpha_bars[0], schedule.alpha_bars_prev[0],
+                           eta=1.0, noise=torch.ones_like(x))  # fmt: skip
         assert torch.isfinite(x_next).all(), f"NaN after the first of {steps} steps"
 
 
@@ -292,7 +355,20 @@ def test_schedules():
     assert karras.timesteps[0].item() == 999 and karras.timesteps.dtype == torch.int64
 
 
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_twin_config_is_what_diffusers_reads(name, config_name):
+    # defaults read from the twin's signature, without building a scheduler, are what from_config gives
+    for config in (scheduler_config(CONFIGS[config_name]), {"num_train_timesteps": 1000}):
+        ours, theirs = twin_config(name, config), dict(to_diffusers(name, config).config)
+        assert {key: ours[key] for key in theirs if key in ours} == {key: theirs[key] for key in theirs if key in ours}
+        assert set(ours) >= {"timestep_spacing", "steps_offset", "prediction_type", "beta_schedule"}
+
+
 def test_names():
+    assert set(REGISTRY) == set(SAMPLERS) == set(A1111_NAMES)
+    assert all(REGISTRY[n].function is SAMPLERS[n] and REGISTRY[n].a1111 == A1111_NAMES[n] for n in REGISTRY)
+    assert [n for n in REGISTRY if REGISTRY[n].sigmas == "karras"] == ["dpmpp_2m_karras"]
     assert set(SAMPLERS) >= {"ddpm", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"}
     assert A1111_NAMES["euler_a"] == "Euler a" and A1111_NAMES["dpmpp_2m_karras"] == "DPM++ 2M Karras"
     assert all(sampler_name(a) == ours for a, ours in FROM_A1111.items())
@@ -312,9 +388,12 @@ def test_bad_input_is_refused(pipe):
     def run(name="ddim", **kw):
         return sample(name, pipe.unet, noise, config, **(dict(steps=3, cond=cond, uncond=uncond, guidance=GUIDANCE) | kw))
 
+    from tutorial_ldm.settings import SettingsError
+
     for steps in (0, 1001, 2.5):
-        with pytest.raises(ValueError, match=f"steps={steps}"):
+        with pytest.raises(SettingsError, match=f"steps={steps}") as e:
             run(steps=steps)
+        assert e.value.field == "steps"
     with pytest.raises(ValueError, match="unknown sampler 'LMS'.*euler_a"):
         run("LMS")
     for guidance in (math.nan, -1.0):
@@ -326,6 +405,13 @@ def test_bad_input_is_refused(pipe):
         run(generator=[torch.Generator(), torch.Generator()])
     with pytest.raises(ValueError, match="uncond's shape"):
         run(uncond=uncond[:, :5])
+    with pytest.raises(ValueError, match="start_step=2 needs init_latents"):
+        run(start_step=2)
+    for start in (3, -1):
+        with pytest.raises(ValueError, match=f"start step {start} must be from 0 to 2"):
+            run(start_step=start, init_latents=noise)
+    with pytest.raises(ValueError, match="init_latents' shape"):
+        run(start_step=1, init_latents=noise[:, :3])
     with pytest.raises(ValueError, match="thresholding=True is not supported"):
         sample("ddim", pipe.unet, noise, {**config, "thresholding": True}, steps=3, cond=cond)
 

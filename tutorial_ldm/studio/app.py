@@ -133,6 +133,7 @@ class Studio(w.VBox):
         self.preview_every = PREVIEW_EVERY
         self.pipe = None
         self.last_images: list = []
+        self.last_settings: list[GenerationSettings] = []  # one per image of last_images
         self.last_seed: int | None = None
         self.job = Job(on_busy=self._lock_controls)
         self._lang = lang
@@ -273,12 +274,13 @@ class Studio(w.VBox):
             folder.mkdir(parents=True, exist_ok=True)
             numbers = (int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.fullmatch(p.name)))
             number = 1 + max(numbers, default=-1)
-            paths = [save_image(image, folder / f"{number + k:05d}-{read_parameters(image).seed}.png")
-                     for k, image in enumerate(self.last_images)]
+            paths = [save_image(image, folder / f"{number + k:05d}-{s.seed}.png")
+                     for k, (image, s) in enumerate(zip(self.last_images, self.last_settings))]
         except (OSError, ValueError) as e:
             self._say("save_failed", kind="error", detail=str(e))
             return []
-        self._say("saved", n=len(paths), folder=folder, names=", ".join(p.name for p in paths))
+        self._say(lambda lang: STRINGS[lang]["saved"].format(
+            n=len(paths), folder=folder, names=STRINGS[lang]["list_separator"].join(p.name for p in paths)))
         return paths
 
     def load_png(self, png, name: str | None = None) -> GenerationSettings | None:
@@ -293,7 +295,7 @@ class Studio(w.VBox):
             source = Image.open(io.BytesIO(png)) if isinstance(png, (bytes, bytearray)) else png
             s = read_parameters(source)
         except (OSError, ValueError) as e:
-            self._say("png_unreadable", kind="error", name=name, detail=str(e))
+            self._say("png_unreadable", kind="error", name=name, reason=str(e))
             return None
         fields = ["prompt", "negative_prompt", "steps", "guidance", "seed"]
         self.prompt.value, self.negative_prompt.value = s.prompt, s.negative_prompt
@@ -370,7 +372,7 @@ class Studio(w.VBox):
                                                              **self.load_options)
         except Exception as e:  # any failure to load is shown; the app keeps its model
             current = self._model_label(self._loaded) if self.pipe is not None else "—"
-            self._say(lambda lang: STRINGS[lang]["load_failed"].format(
+            self._say(lambda lang, e=e: STRINGS[lang]["load_failed"].format(
                           model=label, reason=explain_load(e, lang), current=current),
                       kind="error", detail=f"{type(e).__name__}: {e}")
             if self._loaded is not None:
@@ -415,6 +417,11 @@ class Studio(w.VBox):
                                steps=self.steps.value, sampler=self.sampler.value, guidance=self.cfg.value,
                                seed=self.seed.value, width=self.width.value, height=self.height.value)
         s = validate(s, self.pipe, batch_size=size * count)  # image k of the whole run uses seed + k
+        for field, slider in (("width", self.width_slider), ("height", self.height_slider)):
+            if getattr(s, field) > slider.max:  # the studio's own cap: 4× the native side
+                raise SettingsError(field, getattr(s, field), f"a multiple of {slider.step} from {slider.min} to "
+                                    f"{slider.max} (the studio's limit, 4× the model's native size)",
+                                    limits={"multiple": slider.step, "max": slider.max})
         if s.seed == -1:
             s.seed = secrets.randbelow(MAX_SEED - size * count + 2)
         return s, size, count
@@ -428,7 +435,7 @@ class Studio(w.VBox):
         try:
             settings, size, count = self._read_settings()
         except SettingsError as e:
-            self._say(lambda lang: settings_message(e, lang), kind="error")
+            self._say(lambda lang, e=e: settings_message(e, lang), kind="error")
             return
         except BadPrompt as e:
             which, detail = e.args
@@ -444,18 +451,19 @@ class Studio(w.VBox):
         self.progress.max, self.progress.value = steps * count, 0
         self._show_gallery(self.last_images, stale=True)
         preview_failed: list = []
-        images, start = [], time.perf_counter()
+        images, used, start = [], [], time.perf_counter()
         try:
             for b in range(count):
                 def on_step(i, total, x, denoised, b=b):
                     self._on_step(b, count, i, total, denoised, settings, preview_failed)
 
                 batch = replace(settings, seed=settings.seed + b * size)
-                images += generate(pipe, **batch.generate_kwargs(), batch_size=size, callback=on_step,
-                                   progress=False)
+                made = generate(pipe, **batch.generate_kwargs(), batch_size=size, callback=on_step, progress=False)
+                images += made
+                used += made.settings
         except Interrupted as e:
             if images:
-                self.last_images = images
+                self.last_images, self.last_settings = images, used
             self._show_gallery(self.last_images)
             self._say("stopped", i=e.args[0], total=e.args[1])
             return
@@ -463,7 +471,7 @@ class Studio(w.VBox):
             self._show_gallery(self.last_images)
             raise
         seconds = time.perf_counter() - start
-        self.last_images, self.last_seed = images, settings.seed
+        self.last_images, self.last_settings, self.last_seed = images, used, settings.seed
         self.reuse_seed_button.disabled = False
         self._show_gallery(images)
         last = settings.seed + len(images) - 1
@@ -495,8 +503,6 @@ class Studio(w.VBox):
         """The first image's x̂₀, through the cheap latent → RGB map, in the first image's place."""
         thumb = project(denoised[:1], latent_rgb_for(self.pipe.vae))[0]
         width, height = render.display_size(settings.width, settings.height)
-        self.preview.value = render.png(thumb)
-        self.preview.width, self.preview.height = str(width), str(height)
         t = self.t
         text = (t["preview_caption"].format(i=i + 1, total=total) if count == 1
                 else t["preview_caption_batch"].format(b=b + 1, count=count, i=i + 1, total=total))
@@ -504,6 +510,8 @@ class Studio(w.VBox):
         cells = self.gallery.children
         if not cells or cells[0].children[0] is not self.preview:
             self.gallery.children = (w.VBox([self.preview, self.preview_caption]), *cells[1:])
+        self.preview.width, self.preview.height = str(width), str(height)
+        self.preview.value = render.png(thumb)
 
     def _show_gallery(self, images, *, stale: bool = False) -> None:
         t, cells = self.t, []
@@ -549,7 +557,7 @@ class Studio(w.VBox):
         try:
             job(*args)
         except Exception as e:  # every failure is shown in status; the app stays usable
-            self._say(lambda lang: explain(e, lang), kind="error", detail=f"{type(e).__name__}: {e}")
+            self._say(lambda lang, e=e: explain(e, lang), kind="error", detail=f"{type(e).__name__}: {e}")
             _empty_cuda_cache()
 
     def _lock_controls(self, busy: bool) -> None:

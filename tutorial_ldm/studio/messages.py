@@ -20,7 +20,8 @@ def settings_message(error: SettingsError, lang: str) -> str:
     """"Width 65 is not allowed: expected a positive multiple of 4 (…). For example 64."."""
     t, limits, value = STRINGS[lang], error.limits, error.value
     name = t[FIELD_LABELS[error.field]] if error.field in FIELD_LABELS else error.field
-    template = ALLOWED[lang].get(error.field)
+    table = ALLOWED[lang]
+    template = table.get(f"{error.field}_max" if "max" in limits else error.field, table.get(error.field))
     try:
         allowed = template.format(**limits) if template else error.allowed
     except (KeyError, IndexError):  # limits without the numbers the template words
@@ -31,7 +32,8 @@ def settings_message(error: SettingsError, lang: str) -> str:
     text = t["bad_value"].format(name=name[:1].upper() + name[1:], value=shown, allowed=allowed)
     multiple = limits.get("multiple")
     if multiple and isinstance(value, int):
-        text += " " + t["example"].format(example=max(multiple, round(value / multiple) * multiple))
+        example = min(max(multiple, round(value / multiple) * multiple), limits.get("max", float("inf")))
+        text += t["example"].format(example=example)
     return text
 
 

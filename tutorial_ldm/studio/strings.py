@@ -68,7 +68,7 @@ STRINGS = {
         "png_read": "Settings of {name} are in the controls: {fields}.",
         "png_model": "It was made with {model}; the loaded model is {current}.",
         "png_unknown_sampler": "Its sampler {sampler} is not available here; the sampler was kept.",
-        "png_unreadable": "{name} has no settings to read: {detail}",
+        "png_unreadable": "{name} has no settings to read: {reason}",
         # warnings: generation goes ahead
         "warning_line": "⚠️ Warning: {message}",
         "unknown_words": "The model does not know these words and ignores them: {words}. "
@@ -84,7 +84,7 @@ STRINGS = {
         "bad_value": "{name} {value} is not allowed: expected {allowed}.",
         "quoted": "\"{value}\"",
         "list_separator": ", ",
-        "example": "For example {example}.",
+        "example": " For example {example}.",
         "bad_prompt": "The {which} cannot be read: {detail}",
         "which_prompt": "prompt",
         "which_negative": "negative prompt",
@@ -155,7 +155,7 @@ STRINGS = {
         "png_read": "{name} 的参数已填入控件：{fields}。",
         "png_model": "它由 {model} 生成；当前加载的模型是 {current}。",
         "png_unknown_sampler": "这里没有它的采样器 {sampler}，采样器保持不变。",
-        "png_unreadable": "{name} 中没有可读取的参数：{detail}",
+        "png_unreadable": "{name} 中没有可读取的参数：{reason}",
         "warning_line": "⚠️ 注意：{message}",
         "unknown_words": "模型不认识这些词，会忽略它们：{words}。"
                          "内置的小模型只认识训练时用过的英文单词（见 assets/tiny-ldm/README.md）。",
@@ -186,7 +186,8 @@ STRINGS = {
 LANGUAGES = tuple(STRINGS)
 LANGUAGE_NAMES = {"en": "English", "zh": "中文"}  # each in its own language, as the switch shows them
 
-# What a SettingsError's `field` allows, worded from its `limits`: {language: {field: template}}.
+# What a SettingsError's `field` allows, worded from its `limits`: {language: {field: template}};
+# "<field>_max" is the template for limits with a "max".
 ALLOWED = {
     "en": {
         "batch_size": "an integer from {min} to {max}",
@@ -200,6 +201,8 @@ ALLOWED = {
         "seed": "请用 -1 表示随机，或 {min} 到 {max} 之间的整数",
         "width": "请使用 {multiple} 的正整数倍",
         "height": "请使用 {multiple} 的正整数倍",
+        "width_max": "请使用不超过 {max} 的 {multiple} 的正整数倍",
+        "height_max": "请使用不超过 {max} 的 {multiple} 的正整数倍",
         "size": "在这台设备上最多为模型原生像素数的 {max_ratio} 倍",
         "sampler": "请从列表中选择一个采样器",
     },

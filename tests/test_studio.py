@@ -404,6 +404,8 @@ def test_save_writes_pngs_that_carry_their_settings_and_never_overwrites(app):
     assert [p.name for p in app.save()] == ["100000-1234.png", "100001-1235.png"]  # on past 99,999
     assert [p.name for p in app.save()] == ["100002-1234.png", "100003-1235.png"]
     assert (app.save_dir / "99999-1.png").read_bytes() == b"a student's earlier image"
+    assert app.save(app.save_dir / "99999-1.png") == []  # a file where the folder should be
+    assert is_error(app) and "Could not save the images" in status(app)
 
 
 def test_png_info_fills_the_controls_and_makes_the_same_image(app, tmp_path):

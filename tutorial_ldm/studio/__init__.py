@@ -18,6 +18,7 @@ The package, one idea per module:
     strings.py   every label and message, English and Chinese, as data
     messages.py  errors and warnings → sentences a student can act on
     render.py    pure functions: values in, HTML out
+    controls.py  number boxes that keep what was typed, beside their sliders
     job.py       the background job: one lock; start, stop, wait, busy
     app.py       the controller: the controls and what each click does
 

@@ -4,11 +4,8 @@ Layout and behaviour only; the words are in `strings`, the HTML in `render`, the
 thread in `job`, the error and warning sentences in `messages`. Settings are checked by
 `tutorial_ldm.settings.validate` (the one validator `generate` uses too) and start from
 `defaults_for(pipe)`, so the studio, `generate` and the CLI agree for the same model.
-
-Numbers are typed into text boxes that keep what was typed, each beside a slider: a browser
-slider or number field silently rounds, clamps or reverts what it cannot take (width 65 → 64,
-1000 → 256, seed "abc" → the old seed), so the student would never learn why. Here the box
-holds 65 and Generate says in the status line what is allowed.
+Numbers are typed into boxes that keep what was typed (`controls`): Generate says in the
+status line what is allowed instead of a browser widget silently changing the value.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import ipywidgets as w
-import traitlets
 
 from ..autoencoder import native_size, vae_factor
 from ..generation import generate
@@ -35,6 +31,7 @@ from ..prompts import parse_prompt_attention
 from ..samplers import A1111_NAMES, SAMPLERS
 from ..settings import MAX_SEED, GenerationSettings, SettingsError, defaults_for, validate
 from . import render
+from .controls import NumberBox, labelled, paired
 from .job import Job
 from .messages import explain, explain_load, settings_message, warnings_for
 from .strings import FIELD_LABELS, LANGUAGE_NAMES, STRINGS
@@ -72,50 +69,6 @@ class Interrupted(Exception):
     """Raised from the sampler's callback when Stop is clicked: (steps done, steps in all)."""
 
 
-class NumberBox(w.Text):
-    """A text box for a number that keeps what was typed: "65" → 65, "abc" stays "abc"."""
-
-    value = traitlets.Union([traitlets.Int(), traitlets.Float(), traitlets.Unicode()],
-                            default_value="").tag(sync=True)
-
-    def __init__(self, value, kind=int, **kwargs):
-        self.kind = kind
-        super().__init__(value=value, **kwargs)
-
-    @traitlets.validate("value")
-    def _as_number(self, proposal):
-        value = proposal["value"]
-        if isinstance(value, str):
-            try:
-                return self.kind(value.strip())
-            except ValueError:
-                return value
-        return float(value) if self.kind is float and not isinstance(value, bool) else value
-
-
-def _paired(box: NumberBox, slider) -> w.HBox:
-    """The box and a slider that follow each other; a value the slider cannot take stays in the box."""
-    def to_box(change):
-        box.value = round(change["new"], 2) if box.kind is float else change["new"]  # the browser sends 5.000000000000001
-
-    def to_slider(change):
-        value = change["new"]
-        if isinstance(value, (int, float)) and slider.min <= value <= slider.max \
-                and (box.kind is float or (value - slider.min) % slider.step == 0):
-            slider.value = value
-
-    slider.observe(to_box, names="value")
-    box.observe(to_slider, names="value")
-    return w.HBox([box, slider])
-
-
-def _labelled(widget, width: str | None = None):
-    widget.style.description_width = "6.5em"
-    if width:
-        widget.layout.width = width
-    return widget
-
-
 class Studio(w.VBox):
     """The studio app. Build it with `studio()`; see `tutorial_ldm.studio`'s docstring for driving it."""
 
@@ -151,27 +104,27 @@ class Studio(w.VBox):
             self._say("ready", model=label, warnings=_warning("skipped", names=", ".join(skipped)) if skipped else None)
 
     def _build(self) -> None:
-        self.language_button = _labelled(w.ToggleButtons(options=[(LANGUAGE_NAMES[k], k) for k in STRINGS],
+        self.language_button = labelled(w.ToggleButtons(options=[(LANGUAGE_NAMES[k], k) for k in STRINGS],
                                                          value=self._lang))
         self.language_button.style.button_width = "6em"
-        self.model = _labelled(w.Dropdown(layout=w.Layout(width="auto", flex="1")))
+        self.model = labelled(w.Dropdown(layout=w.Layout(width="auto", flex="1")))
         self.refresh_button = w.Button(layout=w.Layout(width="3em"))
-        self.prompt = _labelled(w.Textarea(DEFAULT_PROMPT, rows=3), "100%")
-        self.negative_prompt = _labelled(w.Textarea("", rows=2), "100%")
+        self.prompt = labelled(w.Textarea(DEFAULT_PROMPT, rows=3), "100%")
+        self.negative_prompt = labelled(w.Textarea("", rows=2), "100%")
         self.weights_button = w.ToggleButton(False)
         self.weights = w.HTML(layout=w.Layout(display="none"))
-        self.sampler = _labelled(w.Dropdown(options=[(A1111_NAMES.get(k, k), k) for k in SAMPLERS]))
+        self.sampler = labelled(w.Dropdown(options=[(A1111_NAMES.get(k, k), k) for k in SAMPLERS]))
         box = "13em"
-        self.steps, self.steps_slider = _labelled(NumberBox(25), box), w.IntSlider(25, min=1, max=MAX_STEPS_SLIDER)
-        self.cfg = _labelled(NumberBox(7.0, float), box)
+        self.steps, self.steps_slider = labelled(NumberBox(25), box), w.IntSlider(25, min=1, max=MAX_STEPS_SLIDER)
+        self.cfg = labelled(NumberBox(7.0, float), box)
         self.cfg_slider = w.FloatSlider(7.0, min=0.0, max=MAX_CFG_SLIDER, step=0.5)
-        self.seed = _labelled(NumberBox(-1), "16em")
+        self.seed = labelled(NumberBox(-1), "16em")
         self.random_seed_button = w.Button(layout=w.Layout(width="3em"))
         self.reuse_seed_button = w.Button(layout=w.Layout(width="3em"), disabled=True)
-        self.width, self.width_slider = _labelled(NumberBox(64), box), w.IntSlider(64, min=8, max=2048, step=8)
-        self.height, self.height_slider = _labelled(NumberBox(64), box), w.IntSlider(64, min=8, max=2048, step=8)
-        self.batch_size, self.batch_size_slider = _labelled(NumberBox(1), box), w.IntSlider(1, min=1, max=MAX_BATCH)
-        self.batch_count, self.batch_count_slider = _labelled(NumberBox(1), box), w.IntSlider(1, min=1, max=MAX_COUNT)
+        self.width, self.width_slider = labelled(NumberBox(64), box), w.IntSlider(64, min=8, max=2048, step=8)
+        self.height, self.height_slider = labelled(NumberBox(64), box), w.IntSlider(64, min=8, max=2048, step=8)
+        self.batch_size, self.batch_size_slider = labelled(NumberBox(1), box), w.IntSlider(1, min=1, max=MAX_BATCH)
+        self.batch_count, self.batch_count_slider = labelled(NumberBox(1), box), w.IntSlider(1, min=1, max=MAX_COUNT)
         for slider in (self.steps_slider, self.cfg_slider, self.width_slider, self.height_slider,
                        self.batch_size_slider, self.batch_count_slider):
             slider.readout = False
@@ -180,7 +133,7 @@ class Studio(w.VBox):
         self.stop_button = w.Button(icon="stop", disabled=True)
         self.save_button = w.Button(icon="save", disabled=True)
         self.png_info = w.FileUpload(accept=".png,image/png", multiple=False, icon="image")
-        self.progress = _labelled(w.IntProgress(0, min=0, max=1), "100%")
+        self.progress = labelled(w.IntProgress(0, min=0, max=1), "100%")
         self.status = w.HTML()
         self.preview = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
         self.preview.add_class(render.PIXELATED)
@@ -190,10 +143,10 @@ class Studio(w.VBox):
         controls = w.VBox([
             self.language_button, w.HBox([self.model, self.refresh_button]),
             self.prompt, self.negative_prompt, w.HBox([self.weights_button, self.png_info]), self.weights,
-            self.sampler, _paired(self.steps, self.steps_slider), _paired(self.cfg, self.cfg_slider),
+            self.sampler, paired(self.steps, self.steps_slider), paired(self.cfg, self.cfg_slider),
             w.HBox([self.seed, self.random_seed_button, self.reuse_seed_button]),
-            _paired(self.width, self.width_slider), _paired(self.height, self.height_slider),
-            _paired(self.batch_size, self.batch_size_slider), _paired(self.batch_count, self.batch_count_slider),
+            paired(self.width, self.width_slider), paired(self.height, self.height_slider),
+            paired(self.batch_size, self.batch_size_slider), paired(self.batch_count, self.batch_count_slider),
             w.HBox([self.generate_button, self.stop_button, self.save_button]),
             self.progress, self.status,
         ], layout=w.Layout(width="460px", min_width="360px"))
@@ -277,7 +230,7 @@ class Studio(w.VBox):
             paths = [save_image(image, folder / f"{number + k:05d}-{s.seed}.png")
                      for k, (image, s) in enumerate(zip(self.last_images, self.last_settings))]
         except (OSError, ValueError) as e:
-            self._say("save_failed", kind="error", detail=str(e))
+            self._say("save_failed", kind="error", reason=str(e))
             return []
         self._say(lambda lang: STRINGS[lang]["saved"].format(
             n=len(paths), folder=folder, names=STRINGS[lang]["list_separator"].join(p.name for p in paths)))

@@ -97,7 +97,7 @@ STRINGS = {
         "bad_checkpoint": "It is not a usable checkpoint ({detail}).",
         "bad_setting": "These settings cannot be used: {detail}",
         "unexpected": "Something unexpected went wrong ({kind}): {detail}",
-        "save_failed": "Could not save the images: {detail}",
+        "save_failed": "Could not save the images: {reason}",
     },
     "zh": {
         "language": "语言",
@@ -180,7 +180,7 @@ STRINGS = {
         "bad_checkpoint": "它不是可用的检查点（{detail}）。",
         "bad_setting": "这些设置无法使用：{detail}",
         "unexpected": "发生了意外错误（{kind}）：{detail}",
-        "save_failed": "无法保存图像：{detail}",
+        "save_failed": "无法保存图像：{reason}",
     },
 }
 LANGUAGES = tuple(STRINGS)

@@ -61,7 +61,7 @@ def caption(title: str, parameters: str, *, stale: str | None = None) -> str:
     """An image's settings text (A1111's format) under a title; `stale` marks an old run's."""
     note = f'<div style="color:{WARNING_COLOUR};font-size:11px">{html.escape(stale)}</div>' if stale else ""
     return (f"{note}<details open><summary>{html.escape(title)}</summary>"
-            f'<pre style="white-space:pre-wrap;font-size:11px;line-height:1.3;margin:0">'
+            f'<pre style="white-space:pre-wrap;word-break:normal;overflow-wrap:break-word;font-size:11px;line-height:1.3;margin:0">'
             f"{html.escape(parameters)}</pre></details>")
 
 

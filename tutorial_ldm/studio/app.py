@@ -399,8 +399,11 @@ class Studio(w.VBox):
 
     def _generate(self, settings: GenerationSettings, size: int, count: int) -> None:
         pipe, steps = self.pipe, settings.steps
-        warnings = lambda lang: warnings_for(pipe, settings, lang)  # noqa: E731 (said again on a language switch)
-        self._say("generating", n=size * count, steps=steps * count, warnings=warnings)
+
+        def warnings(lang):  # a function of the language: said again after a language switch
+            return warnings_for(pipe, settings, lang)
+
+        self._say("generating", n=size * count, steps=steps, warnings=warnings)
         self.progress.max, self.progress.value = steps * count, 0
         self._show_gallery(self.last_images, stale=True)
         preview_failed: list = []

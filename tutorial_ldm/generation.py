@@ -108,6 +108,8 @@ def _sample_and_decode(pipe, s: GenerationSettings, prompts: list[str], seeds: l
     cond, uncond = _conditioning(pipe, prompts, s.negative_prompt, s.guidance, device)
     f = vae_factor(pipe)
     shape = (pipe.unet.config.in_channels, s.height // f, s.width // f)
+    # drawn also when `noise` is given, so that the generators stand where they would for the
+    # stochastic samplers' fresh noise
     start, generators = initial_noise(seeds, shape)
     if noise is not None:
         start = noise

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import downsampling_factor, encode_latents
+from .autoencoder import encode_latents, vae_factor
 
 CALIBRATION_SCENES = 32  # world scenes the map is fitted on (seed 0): a few thousand latent cells
 CALIBRATION_SEED = 0
@@ -52,7 +52,7 @@ def least_squares_rgb(latents: torch.Tensor, rgb: torch.Tensor) -> LatentRGB:
 
 
 def vae_latents(vae, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] → latents as the UNet sees them (`autoencoder.encode_latents`), float32 on the CPU."""
+    """Images in [-1, 1] → latents as the UNet sees them (the mean of the posterior, scaled)."""
     return encode_latents(vae, images).float().cpu()
 
 
@@ -62,7 +62,7 @@ def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
         from .world import render_batch, sample_scenes
 
         images = torch.from_numpy(render_batch(sample_scenes(CALIBRATION_SCENES, CALIBRATION_SEED)))
-    f = downsampling_factor(vae)
+    f = vae_factor(vae)
     latents = vae_latents(vae, images)
     if not torch.isfinite(latents).all():  # e.g. a float16 VAE that overflows
         raise FloatingPointError(f"the {next(vae.parameters()).dtype} VAE encoded non-finite latents; "

@@ -11,7 +11,13 @@ Everything a student clicks is also a public attribute, so a notebook (or a test
     app.generate_button.click()
     app.wait()              # generation runs in a background thread; wait() blocks until done
     app.last_images         # the PIL images, settings in image.info["parameters"]
+    app.batch_count.value = 3   # three runs one after another (batch_size: images per run)
+    app.load_png("00012-42.png")  # PNG Info: a saved image's settings back into the controls
     app.language = "zh"     # or the English / 中文 switch at the top
+
+A value the controls cannot use (width 65, seed "abc") stays as typed and Generate explains in
+the status line what is allowed; words the model does not know and a size it was not trained
+at are warned about, and the images are still made.
 
 The package, one idea per module:
 

@@ -21,7 +21,9 @@ class NumberBox(w.Text):
 
     def __init__(self, value, kind=int, **kwargs):
         self.kind = kind
-        super().__init__(value=value, **kwargs)
+        # sent when the box loses focus or on Enter, not per keystroke: the kernel's answer
+        # ("6" → 6) must not overwrite what is still being typed
+        super().__init__(value=value, continuous_update=False, **kwargs)
 
     @traitlets.validate("value")
     def _as_number(self, proposal):

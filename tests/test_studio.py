@@ -126,9 +126,12 @@ def test_generate_shows_the_images_the_seed_and_their_settings(app):
 
 def test_batch_count_runs_batches_one_after_another(app):
     app.seed.value, app.batch_size.value, app.batch_count.value = 10, 2, 2
-    progress = []
+    app.preview_every = 2
+    progress, captions = [], []
     app.progress.observe(lambda change: progress.append(change["new"]), names="value")
+    app.preview.observe(lambda _: captions.append(html.unescape(app.preview_caption.value)), names="value")
     images = click(app)
+    assert [re.sub("<[^>]+>", "", c) for c in captions] == ["batch 1/2, step 2/4", "batch 2/2, step 2/4"]
     assert len(images) == 4 and [s.seed for s in app.last_settings] == [10, 11, 12, 13]
     assert app.progress.max == 2 * STEPS and progress[-2 * STEPS:] == list(range(1, 2 * STEPS + 1))
     assert "4 image(s)" in status(app) and "seed 10–13" in status(app)
@@ -539,3 +542,16 @@ def test_job_runs_one_thing_at_a_time():
     assert job.start(work, "third")
     job.wait(timeout=30)
     assert ran[-1] == ("third", False)  # a new run starts unstopped
+
+
+def test_render_escapes_what_the_student_typed():
+    from tutorial_ldm.studio import render
+
+    t = STRINGS["en"]
+    shown = render.status("<b>x</b>", t, kind="error", detail="<script>", warnings=("a < b",))
+    assert "<b>x</b>" not in shown and "&lt;b&gt;x&lt;/b&gt;" in shown and "&lt;script&gt;" in shown
+    assert "❌ Error: " in shown and "⚠️ a &lt; b" in shown
+    caption = render.caption("Settings", 'a <img src=x onerror="alert(1)">', stale="old")
+    assert "<img" not in caption and "old" in caption
+    assert render.display_size(64, 64) == (192, 192) and render.display_size(256, 64) == (256, 64)
+    assert render.display_size(512, 512) == (512, 512)  # big images are not enlarged

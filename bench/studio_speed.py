@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import time
 
 import torch
@@ -38,8 +39,9 @@ def main() -> None:
         generate_s.append(time.perf_counter() - start)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print(f"one {app.width.value}×{app.height.value} image, {args.steps} steps, {app.sampler.value}:")
-    print(f"  studio    {' '.join(f'{s:.2f}' for s in studio_s)} s (median {sorted(studio_s)[len(studio_s) // 2]:.2f})")
-    print(f"  generate  {' '.join(f'{s:.2f}' for s in generate_s)} s (median {sorted(generate_s)[len(generate_s) // 2]:.2f})")
+    for name, seconds in (("studio", studio_s), ("generate", generate_s)):
+        runs = " ".join(f"{s:.2f}" for s in seconds)
+        print(f"  {name:<9} {runs} s (median {statistics.median(seconds):.2f})")
 
 
 if __name__ == "__main__":

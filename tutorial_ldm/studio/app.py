@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ipywidgets as w
 
-from ..autoencoder import native_size, vae_factor
+from ..autoencoder import vae_factor
 from ..generation import generate
 from ..loading import list_models, load_pipeline, model_name, models_dir
 from ..parameters import read_parameters, save_image

@@ -39,7 +39,8 @@ class NumberBox(w.Text):
 def paired(box: NumberBox, slider) -> w.HBox:
     """The box and a slider that follow each other; a value the slider cannot take stays in the box."""
     def to_box(change):
-        box.value = round(change["new"], 2) if box.kind is float else change["new"]  # the browser sends 5.000000000000001
+        # a browser slider sends 5.000000000000001 for 5
+        box.value = round(change["new"], 2) if box.kind is float else change["new"]
 
     def to_slider(change):
         value = change["new"]

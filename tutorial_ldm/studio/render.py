@@ -16,6 +16,7 @@ PIXELATED, STALE = "tldm-pixelated", "tldm-stale"
 STYLE = (f"<style>.{PIXELATED} {{image-rendering: pixelated;}} "
          f".{STALE} {{opacity: 0.35; filter: grayscale(1);}}</style>")
 ERROR_COLOUR, WARNING_COLOUR = "#c62828", "#8a5a00"
+_PRE = "white-space:pre-wrap;word-break:normal;overflow-wrap:break-word"  # wrap settings text at words
 
 
 def display_size(width: int, height: int) -> tuple[int, int]:
@@ -53,7 +54,7 @@ def status(message: str, t: dict, *, kind: str = "info", detail: str | None = No
         text += "<br>" + coloured(f"⚠️ {warning}", WARNING_COLOUR)
     if detail and detail not in message:
         text += (f'<details><summary>{html.escape(t["details"])}</summary>'
-                 f'<pre style="white-space:pre-wrap;font-size:11px">{html.escape(detail)}</pre></details>')
+                 f'<pre style="{_PRE};font-size:11px">{html.escape(detail)}</pre></details>')
     return text
 
 
@@ -61,7 +62,7 @@ def caption(title: str, parameters: str, *, stale: str | None = None) -> str:
     """An image's settings text (A1111's format) under a title; `stale` marks an old run's."""
     note = f'<div style="color:{WARNING_COLOUR};font-size:11px">{html.escape(stale)}</div>' if stale else ""
     return (f"{note}<details open><summary>{html.escape(title)}</summary>"
-            f'<pre style="white-space:pre-wrap;word-break:normal;overflow-wrap:break-word;font-size:11px;line-height:1.3;margin:0">'
+            f'<pre style="{_PRE};font-size:11px;line-height:1.3;margin:0">'
             f"{html.escape(parameters)}</pre></details>")
 
 

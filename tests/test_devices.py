@@ -43,3 +43,12 @@ def test_cpu_threads_for_sets_and_restores(monkeypatch):
     assert torch.get_num_threads() == before
     with devices.cpu_threads_for("cuda", 1):  # other devices: torch's setting is left alone
         assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_a_bad_thread_count_is_named(bad):
+    from tutorial_ldm.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"threads=.* must be None \(the free cores\) or an integer ≥ 1"):
+        with devices.cpu_threads_for("cpu", bad):
+            pass

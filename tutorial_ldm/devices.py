@@ -56,6 +56,10 @@ def cpu_threads() -> int:
 def cpu_threads_for(device, threads: int | None = None):
     """Run the block with `threads` (default `cpu_threads()`) torch threads if `device` is the CPU;
     torch's setting is restored afterwards. Other devices are left alone."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        from .settings import SettingsError
+
+        raise SettingsError("threads", threads, "None (the free cores) or an integer ≥ 1")
     if torch.device(device).type != "cpu":
         yield
         return

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "TinyLDMConfig": "tiny_model",
-    "studio": "widgets",
+    "studio": "studio",
     "analyze": "metrics",
     "adherence": "metrics",
     "NoiseSchedule": "noise_schedule",

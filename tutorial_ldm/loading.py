@@ -30,25 +30,55 @@ _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _EXPECTED = "a diffusers folder (with model_index.json), a .safetensors or .ckpt file, or a hub id"
 
 
-def list_models(folder: str | os.PathLike | None = None) -> list[Path]:
+class ModelList(list):
+    """`list_models`' answer: the checkpoints found, and in `skipped` the (path, reason) of every
+    subfolder that could not be read."""
+
+    def __init__(self, found=(), skipped=()):
+        super().__init__(found)
+        self.skipped: list[tuple[Path, str]] = list(skipped)
+
+
+def list_models(folder: str | os.PathLike | None = None) -> ModelList:
     """Checkpoints in an A1111-style models folder, sorted by name (case-insensitive).
 
     Finds `.safetensors` and `.ckpt` files (also in subfolders, as the web UI does) and diffusers
     folders (a folder with model_index.json). A folder that does not exist holds no models.
+    Symlinked subfolders are scanned too (A1111 users link model folders in), each real folder
+    once, so a link loop ends. A subfolder that cannot be read is skipped and named in the
+    result's `.skipped`; the rest is still listed.
     """
     root = models_dir(folder)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.rglob("*"):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
-            if not any((p / "model_index.json").is_file() for p in path.parents if root in p.parents):
-                found.append(path)  # not a weights file inside a diffusers folder
-        elif path.is_dir() and (path / "model_index.json").is_file():
-            found.append(path)
-    return sorted(found, key=lambda p: str(p.relative_to(root)).lower())
+    found, skipped, seen = [], [], set()
+
+    def scan(directory: Path) -> None:
+        try:
+            real = directory.resolve()
+            if real in seen:
+                return
+            seen.add(real)
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop, on Python < 3.13
+            skipped.append((directory, getattr(e, "strerror", None) or str(e)))
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():  # follows symlinks
+                    if (path / "model_index.json").is_file():
+                        found.append(path)  # a diffusers folder: its weights files are not models
+                    else:
+                        scan(path)
+                elif entry.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+                    found.append(path)
+            except OSError as e:
+                skipped.append((path, e.strerror or str(e)))
+
+    if root.is_dir():
+        scan(root)
+    return ModelList(sorted(found, key=lambda p: str(p.relative_to(root)).lower()), skipped)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -156,3 +156,24 @@ def test_cond_and_uncond_are_padded_with_the_empty_prompt():
     cond2, uncond2 = encode_prompts(pipe, "red", long)  # and the other way round
     torch.testing.assert_close(cond2[:, 77:], empty)
     assert uncond2.shape == (1, 154, 64)
+
+
+def test_an_overflowing_weight_gets_its_own_error():
+    """Issue 14: "(red:999…9)" used to end in NaN latents and advice to load in float32."""
+    from tiny_sd import shipped_pipe
+
+    from tutorial_ldm.prompts import encode_prompts
+
+    pipe = shipped_pipe()
+    with pytest.raises(ValueError, match=r"prompt weight 1e\+41 is beyond what torch\.float32 can hold"):
+        encode_prompts(pipe, "(red:" + "9" * 41 + ")")
+    with pytest.raises(ValueError, match=r"prompt weight '9{400}' in .* too large to be a number"):
+        parse_prompt_attention("(red:" + "9" * 400 + ")")
+
+
+def test_a_weight_too_large_for_float16():
+    from tutorial_ldm.prompts import check_weights
+
+    check_weights(torch.tensor([[1.0, 60000.0]]), torch.float16)  # fits
+    with pytest.raises(ValueError, match=r"prompt weight 70000 is beyond what torch\.float16 can hold \(±65504\)"):
+        check_weights(torch.tensor([[1.0, 70000.0]]), torch.float16)

@@ -24,6 +24,7 @@ prompt (A1111's "pad prompt/negative prompt to be same length"), so they can sha
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -87,6 +88,9 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
                     f"prompt weight {weight!r} in {token!r} is not a number; "
                     "write e.g. (word:1.2)"
                 ) from None
+            if not math.isfinite(factor):
+                raise ValueError(f"prompt weight {weight!r} in {token!r} is too large to be a "
+                                 "number; weights are usually between 0 and 2, e.g. (word:1.2)")
             multiply_from(round_open.pop(), factor)
         elif token == ")" and round_open:
             multiply_from(round_open.pop(), ROUND)
@@ -209,9 +213,26 @@ def encode_weighted(tokenizer, text_encoder, prompt: str, *, device=None) -> tor
     wrapped = [_wrap(c, window, *special) for c in tokenize_weighted(tokenizer, prompt, window)]
     device = device if device is not None else text_encoder.device
     ids = torch.tensor([w[0] for w in wrapped], device=device)
-    weights = torch.tensor([w[1] for w in wrapped], device=device)
+    weights = torch.tensor([w[1] for w in wrapped], dtype=torch.float64)  # checked before rounding
     z = text_encoder(ids)[0]  # (chunks, window, width): the last hidden state, as SD uses
-    return emphasize(z, weights.to(z.dtype)).reshape(1, -1, z.shape[-1])
+    check_weights(weights, z.dtype)
+    out = emphasize(z, weights.to(device=z.device, dtype=z.dtype))
+    if not torch.isfinite(out).all():
+        raise ValueError(f"prompt weight {_largest(weights):g} is too large: the weighted conditioning "
+                         f"overflows {z.dtype}; weights are usually between 0 and 2, e.g. (word:1.2)")
+    return out.reshape(1, -1, z.shape[-1])
+
+
+def _largest(weights: torch.Tensor) -> float:
+    return weights.flatten()[weights.abs().argmax()].item()
+
+
+def check_weights(weights: torch.Tensor, dtype: torch.dtype) -> None:
+    """ValueError naming a prompt weight that the encoder's dtype cannot hold (float16: 65504)."""
+    limit = torch.finfo(dtype).max
+    if (weights.abs() > limit).any():
+        raise ValueError(f"prompt weight {_largest(weights):g} is beyond what {dtype} can hold "
+                         f"(±{limit:g}); weights are usually between 0 and 2, e.g. (word:1.2)")
 
 
 def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -603,7 +603,9 @@ def load_vae(path: Path, like, dtype: torch.dtype):
             vae = AutoencoderKL.from_single_file(str(path), config=tmp, subfolder="vae",
                                                  local_files_only=True, torch_dtype=dtype)
         except Exception as e:
-            raise ValueError(f"could not load {path} as a VAE for this model ({_first_line(e)})") from e
+            reason = _first_line(e).split(" If you want")[0]  # not diffusers' advice to load it anyway
+            raise ValueError(f"could not load {path} as a VAE for this model ({reason}); expected a "
+                             "VAE of the checkpoint's architecture") from e
     return vae.eval()
 
 

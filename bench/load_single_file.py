@@ -1,0 +1,112 @@
+"""Loading a full-size SD 1.5 single file offline: our `load_pipeline` against diffusers' own.
+
+    nice -n 19 python bench/load_single_file.py                 # builds /tmp/sd15-random.safetensors once
+    nice -n 19 python bench/load_single_file.py --file my.safetensors --repeats 2
+
+The file is Stable Diffusion 1.5's architecture with random weights (`build_sd15_pipeline`), saved
+as A1111/civitai ship checkpoints: the original CompVis key layout, float16 ("pruned fp16",
+about 2 GB; needs ~5 GB of memory to build). Each load runs in a fresh process with
+HF_HUB_OFFLINE=1 and an empty Hugging Face cache, and reports its wall time and the process's
+peak resident memory (ru_maxrss):
+
+- ours: `load_pipeline(file)`: architecture from the keys, shipped configs, CLIP's vocabulary;
+- diffusers: `StableDiffusionPipeline.from_single_file(file, config=folder)`, where `folder` is a
+  diffusers config folder of the same architecture (what a user with hub access would have).
+
+Both end with the same float32 pipeline on the CPU; the difference is our detection and config
+writing. Timings depend on the disk cache: the first run reads the file from disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's tutorial_ldm, whichever is installed
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+kind, path = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+if kind == "ours":
+    from tutorial_ldm.loading import load_pipeline
+    pipe = load_pipeline(path, device="cpu", dtype="float32")
+else:
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_single_file(path, config=sys.argv[4], local_files_only=True,
+                                                    dtype=torch.float32)
+seconds = time.perf_counter() - start
+params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+print(json.dumps({"seconds": seconds, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "params": params}))
+"""
+
+
+def build(path: Path) -> None:
+    """SD 1.5's architecture, random weights, saved in the single-file layout as float16."""
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_sd import ldm_state_dict  # the renaming back to CompVis names (test helper)
+
+    from tutorial_ldm.sd_architecture import build_sd15_pipeline
+
+    print(f"building {path} (SD 1.5 architecture, random weights, float16)…", flush=True)
+    pipe = build_sd15_pipeline(seed=0, dtype=torch.float16)
+    state = ldm_state_dict(pipe)
+    del pipe
+    tmp = path.with_suffix(".partial")
+    save_file(state, tmp)
+    os.replace(tmp, path)  # whole or absent
+
+
+def config_folder(path: Path, folder: Path) -> Path:
+    """A diffusers config folder for the file (configs + tokenizer, no weights)."""
+    from tutorial_ldm.loading import checkpoint_shapes
+    from tutorial_ldm.sd_architecture import configs_for, describe, write_config_folder
+
+    shapes = checkpoint_shapes(path)
+    return write_config_folder(folder, configs_for(describe(shapes), shapes))
+
+
+def run(kind: str, path: Path, threads: int, config: Path) -> dict:
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": home, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", CHILD, kind, str(path), str(threads), str(config)],
+                             env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--file", type=Path, default=Path(tempfile.gettempdir()) / "sd15-random.safetensors")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    if not args.file.is_file():
+        build(args.file)
+    print(f"{args.file}: {args.file.stat().st_size / 2**30:.2f} GiB")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_folder(args.file, Path(tmp) / "config")
+        rows = [(kind, run(kind, args.file, args.threads, config))
+                for _ in range(args.repeats) for kind in ("diffusers", "ours")]
+    print(f"{'loader':<28}{'seconds':>9}{'peak RSS GiB':>14}{'parameters':>14}")
+    for kind, r in rows:
+        name = "load_pipeline (offline)" if kind == "ours" else "from_single_file(config=)"
+        print(f"{name:<28}{r['seconds']:>9.1f}{r['peak_gib']:>14.2f}{r['params']:>14,}")
+
+
+if __name__ == "__main__":
+    main()

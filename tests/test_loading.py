@@ -294,3 +294,26 @@ def test_fp16_on_the_cpu_gives_one_note_of_ours(capfd):
     assert len(ours) == 1 and pipe.unet.dtype == torch.float16
     out = capfd.readouterr()
     assert "float16" not in out.err + out.out  # diffusers' three warnings are gone
+
+
+def test_the_command_line_says_each_in_one_line(tmp_path, capsys):
+    """Issue 14 item 7: no tracebacks for bad devices or bad model folders."""
+    from tutorial_ldm.__main__ import main
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_sd_files().folder, odd)
+    index = json.loads((odd / "model_index.json").read_text())
+    (odd / "model_index.json").write_text(json.dumps({**index, "_class_name": "NoSuchPipeline"}))
+    evil = tmp_path / "evil"
+    shutil.copytree(tiny_sd_files().folder, evil)
+    for weights in (evil / "unet").glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"x": SystemPayload(tmp_path / "pwned")}, evil / "unet" / "diffusion_pytorch_model.bin")
+    cases = {("--device", "xla"): "device 'xla'", ("--device", "meta"): "device 'meta'",
+             ("--model", str(odd)): "NoSuchPipeline", ("--model", str(evil)): "contains code"}
+    capsys.readouterr()  # what building the test model printed
+    for args, says in cases.items():
+        assert main(["generate", "a cat", "--steps", "1", "--out", str(tmp_path / "x.png"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "pwned").exists()

@@ -26,7 +26,7 @@ import tempfile
 import warnings
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -300,7 +300,6 @@ class ModelInfo:
     prediction_type: str = "epsilon"
     prediction_source: str = "config"
     vae_path: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def hash(self) -> str | None:
@@ -496,14 +495,14 @@ def _prediction_type(path: Path, arch: str, shapes: dict, override) -> tuple[str
 
 
 @torch.no_grad()
-def _predicts_v(unet) -> bool:
+def _predicts_v(unet, device) -> bool:
     """A1111's test for SD 2.x v-prediction (modules/sd_models_config.py): at t = 999, where
     z_t is almost pure noise, an ε-model predicts about z_t itself, so ε̂ − z_t ≈ 0; a v-model
     predicts v = α_t ε − σ_t x_0, which for a constant input z_t = 0.5 comes out well below
     it. A1111 calls it v when mean(out − z_t) < −1. Meaningful for trained weights only."""
-    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, dtype=unet.dtype, device=unet.device)
-    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=unet.dtype, device=unet.device)
-    out = unet(x, torch.tensor([999], device=unet.device), encoder_hidden_states=context).sample
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, dtype=unet.dtype, device=device)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=unet.dtype, device=device)
+    out = unet(x, torch.tensor([999], device=device), encoder_hidden_states=context).sample
     return (out.float() - x.float()).mean().item() < -1
 
 
@@ -547,10 +546,8 @@ def _from_single_file(path: Path, dtype: torch.dtype, config, prediction_type) -
             pipe = pipeline_class.from_single_file(str(path), config=str(folder), local_files_only=True, dtype=dtype)
         except Exception as e:  # diffusers raises many kinds here; all mean "not loadable as SD"
             raise ValueError(f"could not load {path} as a Stable Diffusion checkpoint ({_first_line(e)})") from e
-    if source == "probe":
-        chosen, source = ("v_prediction" if _predicts_v(pipe.unet) else "epsilon"), "A1111's t=999 test"
     if chosen is not None:
-        _set_prediction_type(pipe, chosen)
+        _set_prediction_type(pipe, chosen)  # for "probe", load_pipeline decides on the device
     pipe.register_to_config(_name_or_path=str(path))
     info = ModelInfo(architecture=arch if config is None else architecture_of(pipe), name=path.stem,
                      path=path, prediction_type=pipe.scheduler.config.prediction_type, prediction_source=source)
@@ -689,7 +686,12 @@ def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = Fals
             pipe.register_modules(vae=load_vae(vae_path, pipe.vae, dtype))
             info.vae_path = vae_path
         pipe.model_info = info
-        return configure_pipeline(pipe, device=device, low_vram=low_vram)
+        pipe = configure_pipeline(pipe, device=device, low_vram=low_vram)
+    if info.prediction_source == "probe":  # on the device: one UNet call on an 8×8 latent
+        v = _predicts_v(pipe.unet, pipe._execution_device)
+        _set_prediction_type(pipe, "v_prediction" if v else "epsilon")
+        info.prediction_type, info.prediction_source = pipe.scheduler.config.prediction_type, "A1111's t=999 test"
+    return pipe
 
 
 def configure_pipeline(pipe, *, device=None, low_vram: bool = False):

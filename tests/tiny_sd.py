@@ -179,9 +179,10 @@ TINY = {
 TINY_VAE = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1)
 
 
-def build_tiny(arch: str, seed: int = 0):
+def build_tiny(arch: str, seed: int = 0, tiny: bool = True):
     """A random pipeline of architecture 'sd1', 'sd2', 'sdxl' or 'sd1-inpainting'
-    ('sd2-inpainting'), from tutorial_ldm/configs/*.json with the widths of TINY."""
+    ('sd2-inpainting'), from tutorial_ldm/configs/*.json with the widths of TINY (or, with
+    tiny=False, full size: what bench/load_single_file.py saves)."""
     import diffusers
     import transformers
 
@@ -190,16 +191,17 @@ def build_tiny(arch: str, seed: int = 0):
     family, _, variant = arch.partition("-")
     configs = shipped_config(family)
     torch.manual_seed(seed)
-    unet_config = {**configs["unet"], **TINY[family]["unet"], "in_channels": 9 if variant else 4}
+    shrink = (lambda config, small: {**config, **small}) if tiny else (lambda config, small: dict(config))
+    unet_config = {**shrink(configs["unet"], TINY[family]["unet"]), "in_channels": 9 if variant else 4}
     parts = {
         "unet": diffusers.UNet2DConditionModel.from_config(unet_config),
-        "vae": diffusers.AutoencoderKL.from_config({**configs["vae"], **TINY_VAE}),
+        "vae": diffusers.AutoencoderKL.from_config(shrink(configs["vae"], TINY_VAE)),
         "scheduler": getattr(diffusers, configs["scheduler"]["_class_name"]).from_config(configs["scheduler"]),
     }
     tmp = Path(tempfile.mkdtemp(prefix="tiny-tokenizer-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     for suffix in ("", "_2") if family == "sdxl" else ("",):
-        text = {**configs["text_encoder" + suffix], **(TINY_TEXT_2 if suffix else TINY_TEXT)}
+        text = shrink(configs["text_encoder" + suffix], TINY_TEXT_2 if suffix else TINY_TEXT)
         cls = getattr(transformers, text["architectures"][0])
         parts["text_encoder" + suffix] = cls(transformers.CLIPTextConfig(**text))
         pad = configs["tokenizer" + suffix]["pad_token"]

@@ -6,10 +6,17 @@ folders) in `models/Stable-diffusion/` at the top of the course folder, or point
 variable `TUTORIAL_LDM_MODELS_DIR` at another folder. `list_models()` scans it, and a bare file
 name given to `load_pipeline` is looked up there. See docs/checkpoints.md.
 
-Safety: a `.safetensors` file holds only tensors and is read as such. A `.ckpt` is a Python
-pickle, which can run arbitrary code when unpickled; it is read only through
+Offline: a single file needs nothing from the hub. Its architecture (SD 1.x, 2.x, XL,
+inpainting) is read from its keys and shapes and its configs come with the package
+(`tutorial_ldm.sd_architecture`, tutorial_ldm/configs/*.json). VAE files are found as A1111
+finds them (`find_vae`); `pipe.model_info` records what was loaded, with A1111's short
+`model_hash`.
+
+Safety: a `.safetensors` file holds only tensors and is read as such. A `.ckpt` (or a folder's
+`.bin`) is a Python pickle, which can run arbitrary code when unpickled; it is read only through
 `torch.load(weights_only=True)`, which accepts tensors and plain containers and refuses
-anything else before any of it runs.
+anything else before any of it runs. What a refused file would have called is read from its
+pickle opcodes (`pickle_imports`), never by running it.
 """
 
 from __future__ import annotations

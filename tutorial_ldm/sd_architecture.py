@@ -1,17 +1,26 @@
-"""Stable Diffusion 1.5's architecture from its configs, with random weights (nothing downloaded).
+"""Stable Diffusion's architectures: SD 1.5 with random weights, and what a single-file
+checkpoint holds (SD 1.x, 2.x, XL, inpainting) with the diffusers configs to load it offline.
 
-Useful to count its parameters, time it on a GPU (bench/sd_gpu.py) or test code that must run
+`build_sd15_pipeline` builds SD 1.5 from its configs with random weights (nothing downloaded):
+useful to count its parameters, time it on a GPU (bench/sd_gpu.py) or test code that must run
 real checkpoints. `tiny=True` keeps every structural choice (four UNet levels, two layers per
 level, cross-attention in the first three, an f = 8 VAE, a CLIP text encoder over a 77-token
-window) but shrinks every width, so it runs in a second on a CPU.
+window) but shrinks every width, so it runs in a second on a CPU. Its tokenizer is a real
+`CLIPTokenizer` over a small character-level vocabulary.
 
-The tokenizer is a real `CLIPTokenizer` (byte-pair encoding, <|startoftext|>/<|endoftext|>) over
-a small character-level vocabulary: CLIP's own 49,408-token vocabulary cannot be downloaded here.
+`describe` and `configs_for` read a checkpoint's keys and shapes; `write_clip_tokenizer` writes
+CLIP's real 49,408-token tokenizer from the BPE file the `openai-clip` package ships.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
+import json
 import string
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -118,13 +127,6 @@ def build_sd15_pipeline(tiny: bool = False, seed: int = 0, dtype: torch.dtype = 
 # ViT-bigG/14). The architecture is read from those keys and the tensors' shapes, as ComfyUI
 # does; the fixed parts of each architecture's configs ship in tutorial_ldm/configs/*.json.
 
-import gzip  # noqa: E402
-import hashlib  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-from functools import lru_cache  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 CONFIGS = Path(__file__).parent / "configs"
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -158,44 +160,40 @@ def describe(shapes: dict[str, tuple]) -> str:
         return UnsupportedCheckpoint(f"looks like {what}; supported: {SUPPORTED}")
 
     if any("lora_" in k or ".lora_down." in k or ".lora_A." in k or k.startswith("lora") for k in keys):
-        return _raise(looks_like("a LoRA (it belongs in models/Lora, and is applied to a checkpoint)"))
+        raise looks_like("a LoRA (it belongs in models/Lora, and is applied to a checkpoint)")
     if has("joint_blocks.") or has(UNET + "joint_blocks."):
-        return _raise(looks_like("a Stable Diffusion 3 model"))
+        raise looks_like("a Stable Diffusion 3 model")
     if has("double_blocks.") or has(UNET + "double_blocks."):
-        return _raise(looks_like("a Flux model"))
+        raise looks_like("a Flux model")
     if has("control_model.") or has("controlnet_cond_embedding."):
-        return _raise(looks_like("a ControlNet"))
-    if "string_to_param" in keys or "emb_params" in keys or "clip_l" in keys and "clip_g" in keys:
-        return _raise(looks_like("a textual-inversion embedding (it belongs in embeddings/)"))
+        raise looks_like("a ControlNet")
+    if "string_to_param" in keys or "emb_params" in keys or ("clip_l" in keys and "clip_g" in keys):
+        raise looks_like("a textual-inversion embedding (it belongs in embeddings/)")
     if not has(UNET):
-        if has("encoder.") and has("decoder.") or (has(VAE) and not has("cond_stage_model.")):
-            return _raise(looks_like("a VAE on its own (it belongs in models/VAE; "
-                                     "pass it as load_pipeline(..., vae=...))"))
-        return _raise(looks_like("no Stable Diffusion model: it has no UNet weights (model.diffusion_model.*)"))
+        if (has("encoder.") and has("decoder.")) or (has(VAE) and not has("cond_stage_model.")):
+            raise looks_like("a VAE on its own (it belongs in models/VAE; "
+                             "pass it as load_pipeline(..., vae=...))")
+        raise looks_like("no Stable Diffusion model: it has no UNet weights (model.diffusion_model.*)")
     if has("conditioner.embedders.0.model."):
-        return _raise(looks_like("an SDXL refiner (image-to-image only; load the SDXL base)"))
+        raise looks_like("an SDXL refiner (image-to-image only; load the SDXL base)")
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     channels = conv_in[1] if conv_in else None
     if has(OPEN_CLIP["sdxl"]) and has(CLIP_L["sdxl"]):
         if channels != 4:
-            return _raise(looks_like(f"an SDXL model with a {channels}-channel UNet (SDXL inpainting)"))
+            raise looks_like(f"an SDXL model with a {channels}-channel UNet (SDXL inpainting)")
         return "sdxl"
     if has(OPEN_CLIP["sd2"]):
         arch = "sd2"
     elif has(CLIP_L["sd1"]):
         arch = "sd1"
     else:
-        return _raise(looks_like("a UNet without its text encoder (no cond_stage_model.* weights)"))
+        raise looks_like("a UNet without its text encoder (no cond_stage_model.* weights)")
     if channels == 9:
         return arch + "-inpainting"
     if channels != 4:
-        return _raise(looks_like(f"a {arch.upper()} model with a {channels}-channel UNet "
-                                 "(instruct-pix2pix or a depth/upscaler model)"))
+        raise looks_like(f"a {arch.upper()} model with a {channels}-channel UNet "
+                         "(instruct-pix2pix or a depth/upscaler model)")
     return arch
-
-
-def _raise(error: Exception):
-    raise error
 
 
 def _count(shapes: dict, prefix: str) -> int:

@@ -64,6 +64,19 @@ def test_a_single_file_loads_offline_with_an_empty_cache(arch, empty_hub_cache):
         assert pipe.vae.config.scaling_factor == 0.13025
 
 
+def test_a_safe_ckpt_loads_offline_too(tmp_path, empty_hub_cache):
+    made = tiny_single_file("sd1")
+    torch.save({"state_dict": ldm_state_dict(made.pipe, "sd1"), "global_step": 470000}, tmp_path / "old.ckpt")
+    assert_same_weights(load_pipeline(tmp_path / "old.ckpt", device="cpu"), made.pipe)
+
+
+def test_a_text_encoder_whose_heads_cannot_be_read_needs_config(empty_hub_cache):
+    files = tiny_sd_files()  # 32-wide CLIP: no real SD has it, so only config= can say its heads
+    with pytest.raises(ValueError, match=r"tiny-sd\.safetensors is not a model .* 32-wide text encoder.*pass config="):
+        load_pipeline(files.single, device="cpu")
+    load_pipeline(files.single, device="cpu", config=files.config)
+
+
 def test_the_sd1_file_generates(empty_hub_cache):
     from tutorial_ldm import generate
 

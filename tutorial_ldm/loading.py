@@ -533,6 +533,7 @@ def _from_single_file(path: Path, dtype: torch.dtype, config, prediction_type) -
     shapes = checkpoint_shapes(path)
     try:
         arch = describe(shapes)
+        configs = configs_for(arch, shapes) if config is None else None
     except UnsupportedCheckpoint as e:
         raise UnsupportedCheckpoint(f"{path} is not a model this package can load: it {e}") from None
     chosen, source = _prediction_type(path, arch, shapes, prediction_type)
@@ -540,7 +541,7 @@ def _from_single_file(path: Path, dtype: torch.dtype, config, prediction_type) -
         chosen, source = None, "config folder"
     with tempfile.TemporaryDirectory(prefix="tutorial-ldm-config-") as tmp:
         if config is None:
-            folder = write_config_folder(Path(tmp), configs_for(arch, shapes))
+            folder = write_config_folder(Path(tmp), configs)
         else:
             folder = Path(config).expanduser()
             if not (folder / "model_index.json").is_file():

@@ -287,6 +287,12 @@ def configs_for(arch: str, shapes: dict[str, tuple]) -> dict:
     family, _, variant = arch.partition("-")
     configs = shipped_config(family)
     configs.pop("_comment", None)
+    for key, shape in shapes.items():
+        if key.endswith("token_embedding.weight") and shape[1] % HEAD_CHANNELS:
+            raise UnsupportedCheckpoint(
+                f"has a {shape[1]}-wide text encoder ({key}): its attention heads cannot be read from "
+                f"the file, and every SD text encoder has {HEAD_CHANNELS} channels per head; pass "
+                "config= a diffusers folder of its architecture")
     if variant == "inpainting":
         configs["pipeline"]["_class_name"] = PIPELINES["inpainting"]
     configs["unet"] = _unet_config(configs["unet"], shapes, family)

@@ -317,3 +317,10 @@ def test_the_command_line_says_each_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_folder_of_plain_bin_weights_still_loads(tmp_path):
+    files = tiny_sd_files()
+    files.pipe.save_pretrained(tmp_path / "old", safe_serialization=False)
+    assert list((tmp_path / "old" / "unet").glob("*.bin"))
+    assert_same_weights(load_pipeline(tmp_path / "old", device="cpu"), files.pipe)

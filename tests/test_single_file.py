@@ -282,3 +282,18 @@ def test_the_pipe_records_the_model_hash(empty_hub_cache):
     pipe = load_pipeline(made.file, device="cpu")
     assert pipe.model_info.hash == hashlib.sha256(made.file.read_bytes()).hexdigest()[:10]
     assert load_pipeline(device="cpu").model_info.hash is None  # a folder has no A1111 hash
+
+
+def test_the_sdxl_file_generates_with_our_prompt_encoding(empty_hub_cache):
+    """Until generate() drives SDXL: diffusers' SDXL pipeline runs the offline-loaded file with
+    the conditioning of prompts.encode_prompts_sdxl (size/crop conditioning is diffusers')."""
+    import numpy as np
+
+    from tutorial_ldm.prompts import encode_prompts_sdxl
+
+    pipe = load_pipeline(tiny_single_file("sdxl").file, device="cpu")
+    cond, uncond, pooled, negative_pooled = encode_prompts_sdxl(pipe, "a (red:1.2) cat BREAK on a mat", "")
+    image = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
+                 negative_pooled_prompt_embeds=negative_pooled, num_inference_steps=2, width=64, height=64,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()

@@ -198,7 +198,8 @@ def pickle_imports(path: Path) -> list[str]:
         with zipfile.ZipFile(path) as z:
             streams = [io.BytesIO(z.read(n)) for n in z.namelist() if n.endswith(".pkl")]
     else:
-        streams = [io.BytesIO(Path(path).read_bytes()[: 64 * 2**20])]  # the pickles come first
+        with open(path, "rb") as f:
+            streams = [io.BytesIO(f.read(64 * 2**20))]  # the pickles come before the tensor data
     names = []
     for stream in streams:
         for _ in range(5):  # legacy torch.save: magic, protocol, sys info, then the object

@@ -297,3 +297,12 @@ def test_the_sdxl_file_generates_with_our_prompt_encoding(empty_hub_cache):
                  negative_pooled_prompt_embeds=negative_pooled, num_inference_steps=2, width=64, height=64,
                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+
+
+def test_model_info_of_a_pipeline_built_in_memory():
+    from tutorial_ldm.loading import model_info
+
+    info = model_info(tiny_single_file("sdxl").pipe)  # built, not loaded
+    assert (info.architecture, info.hash, info.vae_name) == ("sdxl", None, None)
+    loaded = load_pipeline(device="cpu")
+    assert model_info(loaded) is loaded.model_info

@@ -724,6 +724,16 @@ def configure_pipeline(pipe, *, device=None, low_vram: bool = False):
     return pipe
 
 
+def model_info(pipe) -> ModelInfo:
+    """`pipe.model_info` (set by `load_pipeline`), or what the pipeline itself tells for one
+    built another way (no file, so no hash)."""
+    info = getattr(pipe, "model_info", None)
+    if info is not None:
+        return info
+    return ModelInfo(architecture=architecture_of(pipe), name=model_name(pipe),
+                     prediction_type=pipe.scheduler.config.prediction_type, prediction_source="scheduler config")
+
+
 def model_name(pipe) -> str:
     """The name A1111 writes as `Model:`: a checkpoint's file name without suffix, a folder's
     name, or a hub id."""

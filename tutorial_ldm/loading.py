@@ -143,6 +143,9 @@ def _as_device(device) -> torch.device:
     if not available[parsed.type]:
         here = ", ".join(name for name, ok in available.items() if ok)
         raise ValueError(f"device {str(parsed)!r} is not available on this machine; available: {here}")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(parsed)!r} is not available: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return parsed
 
 

@@ -156,3 +156,80 @@ def test_cond_and_uncond_are_padded_with_the_empty_prompt():
     cond2, uncond2 = encode_prompts(pipe, "red", long)  # and the other way round
     torch.testing.assert_close(cond2[:, 77:], empty)
     assert uncond2.shape == (1, 154, 64)
+
+
+def test_an_overflowing_weight_gets_its_own_error():
+    """Issue 14: "(red:999…9)" used to end in NaN latents and advice to load in float32."""
+    from tiny_sd import shipped_pipe
+
+    from tutorial_ldm.prompts import encode_prompts
+
+    pipe = shipped_pipe()
+    with pytest.raises(ValueError, match=r"prompt weight 1e\+41 is beyond what torch\.float32 can hold"):
+        encode_prompts(pipe, "(red:" + "9" * 41 + ")")
+    with pytest.raises(ValueError, match=r"prompt weight '9{400}' in .* too large to be a number"):
+        parse_prompt_attention("(red:" + "9" * 400 + ")")
+
+
+def test_a_weight_too_large_for_float16():
+    from tutorial_ldm.prompts import check_weights
+
+    check_weights(torch.tensor([[1.0, 60000.0]]), torch.float16)  # fits
+    with pytest.raises(ValueError, match=r"prompt weight 70000 is beyond what torch\.float16 can hold \(±65504\)"):
+        check_weights(torch.tensor([[1.0, 70000.0]]), torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clip skip and SDXL (issue 11)
+
+
+def test_clip_skip_in_a1111_numbering_is_diffusers_plus_one():
+    from tutorial_ldm.prompts import encode_weighted
+
+    pipe = copy.deepcopy(tiny_sd_files().pipe)
+    # diffusers 0.42.1 reaches the final layer norm as text_encoder.text_model.final_layer_norm,
+    # the layout before transformers 5.6 flattened CLIPTextModel: give it that name (not as a
+    # submodule, so nothing else changes)
+    object.__setattr__(pipe.text_encoder, "text_model", pipe.text_encoder)
+    for ours, theirs in ((2, 1), (3, 2)):
+        cond = encode_weighted(pipe.tokenizer, pipe.text_encoder, "a red circle", clip_skip=ours)
+        reference, _ = pipe.encode_prompt("a red circle", "cpu", 1, False, clip_skip=theirs)
+        torch.testing.assert_close(cond, reference)
+    last = encode_weighted(pipe.tokenizer, pipe.text_encoder, "a red circle", clip_skip=1)
+    torch.testing.assert_close(last, pipe.encode_prompt("a red circle", "cpu", 1, False)[0])
+    assert not torch.allclose(last, encode_weighted(pipe.tokenizer, pipe.text_encoder, "a red circle", clip_skip=2))
+
+
+def test_sdxl_encoding_equals_diffusers_with_unit_weights():
+    from tiny_sd import tiny_single_file
+
+    from tutorial_ldm.prompts import encode_prompts_sdxl
+
+    pipe = tiny_single_file("sdxl").pipe
+    # diffusers zeroes the negative prompt when it is None; A1111 (and we) when it is ""
+    for negative, theirs_negative in (("", None), ("blurry, lowres", "blurry, lowres")):
+        ours = encode_prompts_sdxl(pipe, "a photo of a cat", negative)
+        theirs = pipe.encode_prompt("a photo of a cat", device="cpu", num_images_per_prompt=1,
+                                    do_classifier_free_guidance=True, negative_prompt=theirs_negative)
+        for a, b in zip(ours, theirs):  # cond, uncond, pooled, negative pooled
+            torch.testing.assert_close(a, b)
+    cond, uncond, pooled, negative_pooled = encode_prompts_sdxl(pipe, "a cat", "")
+    assert cond.shape == (1, 77, 64 + 128) and pooled.shape == (1, 128)
+    assert not uncond.any() and not negative_pooled.any()  # "" is all zeros, as in A1111
+
+
+def test_sdxl_weighting_and_break_reach_both_encoders():
+    from tiny_sd import tiny_single_file
+
+    from tutorial_ldm.prompts import encode_prompts_sdxl, encode_weighted_sdxl
+
+    pipe = tiny_single_file("sdxl").pipe
+    plain, pooled = encode_weighted_sdxl(pipe, "a red cat")
+    weighted, weighted_pooled = encode_weighted_sdxl(pipe, "a (red:1.5) cat")
+    differs = (plain - weighted).abs().amax(dim=(0, 1))
+    assert (differs[:64] > 0).any() and (differs[64:] > 0).any()  # both encoders' channels
+    torch.testing.assert_close(pooled, weighted_pooled)  # the pooled embedding is not weighted
+    two, _ = encode_weighted_sdxl(pipe, "a red cat BREAK a blue dog")
+    assert two.shape[1] == 2 * 77
+    cond, uncond, _, _ = encode_prompts_sdxl(pipe, "a red cat BREAK a blue dog", "")
+    assert cond.shape == uncond.shape == (1, 154, 192)

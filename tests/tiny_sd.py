@@ -32,7 +32,8 @@ def _unet_prefixes(cfg) -> dict[str, str]:
     names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
              "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
-             "mid_block.resnets.1": "middle_block.2"}
+             "mid_block.resnets.1": "middle_block.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
     for b in range(n):
         for j in range(cfg.layers_per_block):
             i = 1 + b * per_level + j
@@ -102,18 +103,115 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
     return out
 
 
-def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+def text_encoder_to_ldm(text_encoder, prefix="cond_stage_model.transformer.") -> dict[str, torch.Tensor]:
+    """CLIP ViT-L/14 keeps transformers' names in a single file, under `prefix`."""
     out = {}
     for key, value in text_encoder.state_dict().items():
         key = key if key.startswith("text_model.") else "text_model." + key
-        out["cond_stage_model.transformer." + key] = value
+        out[prefix + key] = value
     return out
 
 
-def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
-    """The pipeline's weights under A1111 single-file checkpoint names (contiguous copies)."""
-    state = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **text_encoder_to_ldm(pipe.text_encoder)}
+OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
+
+
+def open_clip_to_ldm(text_encoder, prefix: str, extra_layer: bool = False) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model under open_clip's names (the inverse of diffusers'
+    `convert_open_clip_checkpoint`): q/k/v fused into attn.in_proj_*, the projection as a
+    (width, dim) matrix. extra_layer: append one more (random) block, the last layer that SD 2.x
+    has in its file but never runs (it reads the penultimate layer)."""
+    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    width = state["embeddings.token_embedding.weight"].shape[1]
+    out = {"token_embedding.weight": state["embeddings.token_embedding.weight"],
+           "positional_embedding": state["embeddings.position_embedding.weight"],
+           "ln_final.weight": state["final_layer_norm.weight"], "ln_final.bias": state["final_layer_norm.bias"],
+           "text_projection": (state["text_projection.weight"].T if "text_projection.weight" in state
+                               else torch.randn(width, width))}
+    n = text_encoder.config.num_hidden_layers
+    for i in range(n + extra_layer):
+        layer = f"encoder.layers.{min(i, n - 1)}."
+        block = f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [state[layer + f"self_attn.{x}_proj.{kind}"] for x in "qkv"]
+            out[block + f"attn.in_proj_{kind}"] = torch.cat(qkv)
+            for ours, theirs in OPEN_CLIP_LAYER.items():
+                out[block + f"{theirs}.{kind}"] = state[layer + f"{ours}.{kind}"]
+        if i == n:  # the unused last block: other numbers than the one it copies
+            for key in [k for k in out if k.startswith(block)]:
+                out[key] = torch.randn_like(out[key])
+    return {prefix + k: v for k, v in out.items()}
+
+
+def ldm_state_dict(pipe, arch: str = "sd1") -> dict[str, torch.Tensor]:
+    """The pipeline's weights under A1111 single-file checkpoint names (contiguous copies).
+
+    arch: 'sd1' (CLIP under cond_stage_model.transformer.*), 'sd2' (OpenCLIP under
+    cond_stage_model.model.*, with the unused last layer) or 'sdxl' (CLIP and OpenCLIP under
+    conditioner.embedders.0/1.*)."""
+    state = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae)}
+    if arch.startswith("sd1"):
+        state.update(text_encoder_to_ldm(pipe.text_encoder))
+    elif arch.startswith("sd2"):
+        state.update(open_clip_to_ldm(pipe.text_encoder, "cond_stage_model.model.", extra_layer=True))
+    else:
+        state.update(text_encoder_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer."))
+        state.update(open_clip_to_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model."))
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+# Each architecture's shipped configs, every width shrunk but every rule kept that a single file
+# cannot show and the loader assumes: 32 groups per norm, SD 1.x's 8 UNet heads, 64 channels per
+# head elsewhere (so widths are multiples of 64), the real CLIP vocabulary and 77 positions.
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
+                 projection_dim=64)
+# SDXL's second encoder must differ in width from the first: diffusers tells them apart by it
+TINY_TEXT_2 = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                   projection_dim=128)
+TINY = {
+    "sd1": dict(unet=dict(block_out_channels=[32, 32, 64, 64], cross_attention_dim=64)),
+    "sd2": dict(unet=dict(block_out_channels=[64, 64, 128, 128], attention_head_dim=[1, 1, 2, 2],
+                          cross_attention_dim=64)),
+    "sdxl": dict(unet=dict(block_out_channels=[64, 128, 128], attention_head_dim=[1, 2, 2],
+                           transformer_layers_per_block=[1, 1, 2], cross_attention_dim=64 + 128,
+                           projection_class_embeddings_input_dim=128 + 6 * 256)),
+}
+TINY_VAE = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1)
+
+
+def build_tiny(arch: str, seed: int = 0, tiny: bool = True):
+    """A random pipeline of architecture 'sd1', 'sd2', 'sdxl' or 'sd1-inpainting'
+    ('sd2-inpainting'), from tutorial_ldm/configs/*.json with the widths of TINY (or, with
+    tiny=False, full size: what bench/load_single_file.py saves)."""
+    import diffusers
+    import transformers
+
+    from tutorial_ldm.sd_architecture import shipped_config, write_clip_tokenizer
+
+    family, _, variant = arch.partition("-")
+    configs = shipped_config(family)
+    torch.manual_seed(seed)
+    shrink = (lambda config, small: {**config, **small}) if tiny else (lambda config, small: dict(config))
+    unet_config = {**shrink(configs["unet"], TINY[family]["unet"]), "in_channels": 9 if variant else 4}
+    parts = {
+        "unet": diffusers.UNet2DConditionModel.from_config(unet_config),
+        "vae": diffusers.AutoencoderKL.from_config(shrink(configs["vae"], TINY_VAE)),
+        "scheduler": getattr(diffusers, configs["scheduler"]["_class_name"]).from_config(configs["scheduler"]),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="tiny-tokenizer-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    for suffix in ("", "_2") if family == "sdxl" else ("",):
+        text = shrink(configs["text_encoder" + suffix], TINY_TEXT_2 if suffix else TINY_TEXT)
+        cls = getattr(transformers, text["architectures"][0])
+        parts["text_encoder" + suffix] = cls(transformers.CLIPTextConfig(**text))
+        pad = configs["tokenizer" + suffix]["pad_token"]
+        parts["tokenizer" + suffix] = transformers.CLIPTokenizer.from_pretrained(
+            write_clip_tokenizer(tmp / ("tokenizer" + suffix), pad))
+    pipeline = getattr(diffusers, "StableDiffusionInpaintPipeline" if variant else configs["pipeline"]["_class_name"])
+    if family != "sdxl":
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = pipeline(**parts)
+    return pipe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +241,20 @@ def tiny_sd_files() -> SimpleNamespace:
     torch.save({"state_dict": state}, root / "tiny-sd.ckpt")
     return SimpleNamespace(folder=root / "diffusers", config=root / "config",
                            single=root / "tiny-sd.safetensors", ckpt=root / "tiny-sd.ckpt", pipe=pipe)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_single_file(arch: str) -> SimpleNamespace:
+    """A tiny random model of `arch` saved as one A1111-layout .safetensors file.
+    file: its path; pipe: the pipeline it holds (the reference to compare a loaded one with)."""
+    from safetensors.torch import save_file
+
+    root = Path(tempfile.mkdtemp(prefix=f"tiny-{arch}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    pipe = build_tiny(arch)
+    path = root / f"tiny-{arch}.safetensors"
+    save_file(ldm_state_dict(pipe, arch), path)
+    return SimpleNamespace(file=path, pipe=pipe)
 
 
 @functools.lru_cache(maxsize=None)

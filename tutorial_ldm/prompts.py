@@ -24,6 +24,7 @@ prompt (A1111's "pad prompt/negative prompt to be same length"), so they can sha
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -87,6 +88,9 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
                     f"prompt weight {weight!r} in {token!r} is not a number; "
                     "write e.g. (word:1.2)"
                 ) from None
+            if not math.isfinite(factor):
+                raise ValueError(f"prompt weight {weight!r} in {token!r} is too large to be a "
+                                 "number; weights are usually between 0 and 2, e.g. (word:1.2)")
             multiply_from(round_open.pop(), factor)
         elif token == ")" and round_open:
             multiply_from(round_open.pop(), ROUND)
@@ -196,22 +200,85 @@ def _wrap(chunk: Chunk, window: int, bos: int, eos: int, pad: int) -> tuple[list
     return [bos, *chunk.tokens, eos, *[pad] * n_pad], [1.0, *chunk.weights, 1.0, *[1.0] * n_pad]
 
 
+def _encoder_input(tokenizer, text_encoder, prompt: str, device=None):
+    """Token ids (chunks, window) on `device` (default: the encoder's; with model CPU offload,
+    the device it runs on) and their float64 weights (on the CPU, checked before rounding to
+    the encoder's dtype)."""
+    window = window_length(tokenizer, text_encoder)
+    special = _special_ids(tokenizer)
+    wrapped = [_wrap(c, window, *special) for c in tokenize_weighted(tokenizer, prompt, window)]
+    ids = torch.tensor([w[0] for w in wrapped], device=device if device is not None else text_encoder.device)
+    return ids, torch.tensor([w[1] for w in wrapped], dtype=torch.float64)
+
+
+def _weighted(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    check_weights(weights, z.dtype)
+    out = emphasize(z, weights.to(device=z.device, dtype=z.dtype))
+    if not torch.isfinite(out).all():
+        raise ValueError(f"prompt weight {_largest(weights):g} is too large: the weighted conditioning "
+                         f"overflows {z.dtype}; weights are usually between 0 and 2, e.g. (word:1.2)")
+    return out
+
+
+def _final_layer_norm(text_encoder):
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+
+
 @torch.no_grad()
-def encode_weighted(tokenizer, text_encoder, prompt: str, *, device=None) -> torch.Tensor:
+def encode_weighted(tokenizer, text_encoder, prompt: str, *, device=None, clip_skip: int = 1) -> torch.Tensor:
     """A weighted prompt → conditioning of shape (1, 77·chunks, width).
 
     Each chunk is encoded on its own, its token embeddings scaled by their weights, and the
     chunk rescaled to its original mean (A1111's emphasis). With all weights 1 and one chunk
     this is exactly what `pipe.encode_prompt` gives.
+
+    clip_skip: A1111's "Clip skip": 1 = the last layer's output (the default); k > 1 = the
+    output k−1 layers before the last, passed through the final layer norm, as A1111 does (it
+    equals diffusers' `clip_skip=k-1`).
     """
-    window = window_length(tokenizer, text_encoder)
-    special = _special_ids(tokenizer)
-    wrapped = [_wrap(c, window, *special) for c in tokenize_weighted(tokenizer, prompt, window)]
-    device = device if device is not None else text_encoder.device
-    ids = torch.tensor([w[0] for w in wrapped], device=device)
-    weights = torch.tensor([w[1] for w in wrapped], device=device)
-    z = text_encoder(ids)[0]  # (chunks, window, width): the last hidden state, as SD uses
-    return emphasize(z, weights.to(z.dtype)).reshape(1, -1, z.shape[-1])
+    ids, weights = _encoder_input(tokenizer, text_encoder, prompt, device)
+    if clip_skip == 1:
+        z = text_encoder(ids)[0]  # (chunks, window, width): the last hidden state, as SD uses
+    else:
+        hidden = text_encoder(ids, output_hidden_states=True).hidden_states
+        z = _final_layer_norm(text_encoder)(hidden[-clip_skip])
+    z = _weighted(z, weights)
+    return z.reshape(1, -1, z.shape[-1])
+
+
+@torch.no_grad()
+def encode_weighted_sdxl(pipe, prompt: str, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's conditioning for a weighted prompt: (c of shape (1, 77·chunks, 768 + 1280), the
+    pooled embedding of shape (1, 1280)), as A1111 builds them.
+
+    The prompt is cut into the same chunks for both encoders (one vocabulary); each encoder
+    encodes each chunk and takes its penultimate layer (no final layer norm), and the emphasis
+    is applied to each encoder's output on its own; the two are concatenated along the
+    channels. The pooled embedding (OpenCLIP's projected <eos> token) is the first chunk's and
+    is not weighted. With all weights 1 and one chunk this is what diffusers'
+    `StableDiffusionXLPipeline.encode_prompt` gives.
+    """
+    parts, pooled = [], None
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids, weights = _encoder_input(tokenizer, encoder, prompt, device)
+        out = encoder(ids, output_hidden_states=True)
+        parts.append(_weighted(out.hidden_states[-2], weights))
+        if encoder is pipe.text_encoder_2:
+            pooled = out.text_embeds[:1]
+    z = torch.cat(parts, dim=-1)
+    return z.reshape(1, -1, z.shape[-1]), pooled
+
+
+def _largest(weights: torch.Tensor) -> float:
+    return weights.flatten()[weights.abs().argmax()].item()
+
+
+def check_weights(weights: torch.Tensor, dtype: torch.dtype) -> None:
+    """ValueError naming a prompt weight that the encoder's dtype cannot hold (float16: 65504)."""
+    limit = torch.finfo(dtype).max
+    if (weights.abs() > limit).any():
+        raise ValueError(f"prompt weight {_largest(weights):g} is beyond what {dtype} can hold "
+                         f"(±{limit:g}); weights are usually between 0 and 2, e.g. (word:1.2)")
 
 
 def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -241,16 +308,40 @@ def pad_to_same_length(cond: torch.Tensor, uncond: torch.Tensor, empty: torch.Te
     return cond, uncond
 
 
-def encode_prompts(pipe, prompt: str, negative_prompt: str = "", *, device=None):
+def encode_prompts(pipe, prompt: str, negative_prompt: str = "", *, device=None, clip_skip: int = 1):
     """(cond, uncond) for a pipeline, weighted and padded to the same length.
 
     Both have shape (1, 77·k, width) and can be passed to a stock diffusers pipeline as
     `prompt_embeds` / `negative_prompt_embeds`, or to `tutorial_ldm.samplers.sample`.
+    clip_skip: A1111's numbering (see `encode_weighted`). For SDXL use `encode_prompts_sdxl`.
     """
     tok, enc = pipe.tokenizer, pipe.text_encoder
-    cond = encode_weighted(tok, enc, prompt, device=device)
-    uncond = encode_weighted(tok, enc, negative_prompt, device=device)
+    cond = encode_weighted(tok, enc, prompt, device=device, clip_skip=clip_skip)
+    uncond = encode_weighted(tok, enc, negative_prompt, device=device, clip_skip=clip_skip)
     if cond.shape[1] != uncond.shape[1]:
-        empty = encode_weighted(tok, enc, "", device=device)
+        empty = encode_weighted(tok, enc, "", device=device, clip_skip=clip_skip)
         cond, uncond = pad_to_same_length(cond, uncond, empty)
     return cond, uncond
+
+
+def encode_prompts_sdxl(pipe, prompt: str, negative_prompt: str = "", *, device=None):
+    """(cond, uncond, pooled, negative_pooled) for an SDXL pipeline, weighted, BREAK applied to
+    both encoders, cond/uncond padded to the same length with encodings of "".
+
+    An empty negative prompt is all zeros, both its conditioning and its pooled embedding (A1111's
+    force-zero negative prompt, diffusers' `force_zeros_for_empty_prompt`). The four can be
+    passed to diffusers' SDXL pipeline as prompt_embeds, negative_prompt_embeds,
+    pooled_prompt_embeds and negative_pooled_prompt_embeds; the UNet takes the pooled ones as
+    `added_cond_kwargs["text_embeds"]`, beside the size/crop `time_ids`.
+    """
+    cond, pooled = encode_weighted_sdxl(pipe, prompt, device=device)
+    if negative_prompt == "" and pipe.config.get("force_zeros_for_empty_prompt", True):
+        window = window_length(pipe.tokenizer, pipe.text_encoder)
+        uncond = cond.new_zeros(1, window, cond.shape[-1])
+        negative_pooled = torch.zeros_like(pooled)
+    else:
+        uncond, negative_pooled = encode_weighted_sdxl(pipe, negative_prompt, device=device)
+    if cond.shape[1] != uncond.shape[1]:
+        empty, _ = encode_weighted_sdxl(pipe, "", device=device)
+        cond, uncond = pad_to_same_length(cond, uncond, empty)
+    return cond, uncond, pooled, negative_pooled

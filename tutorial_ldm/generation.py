@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import extra_networks
 from .autoencoder import decode_latents as decode  # noqa: F401  (generation.decode: public name)
 from .autoencoder import native_size, vae_factor  # noqa: F401  (public names of this module too)
 from .devices import cpu_threads_for
@@ -141,7 +142,9 @@ def generate(
     None means the model's default (`tutorial_ldm.settings.defaults_for(pipe)`: A1111's for SD,
     what the model folder recommends otherwise, e.g. CFG 2 for the shipped tiny model).
     prompt, negative_prompt: A1111 syntax (`(word:1.3)`, `[word]`, `BREAK`), any length.
-        An empty prompt is allowed: it is the unconditional prompt.
+        An empty prompt is allowed: it is the unconditional prompt. `<lora:name:0.8>` in the
+        prompt applies models/Lora/name.safetensors for these images, and a word that names a
+        file in embeddings/ is that textual-inversion embedding (`tutorial_ldm.extra_networks`).
     steps: 1 … num_train_timesteps (1000 for SD).
     guidance: CFG scale, finite and ≥ 0; values ≤ 1 run the prompt alone (no guidance).
     seed: 0 … 2³²−1, or −1 for a random one (see `.settings`). Image k uses seed + k.
@@ -169,12 +172,15 @@ def generate(
             callback(i, total, x, denoised)
 
     try:
-        with cpu_threads_for(pipe._execution_device, threads):
-            x = _sample_and_decode(pipe, s, [s.prompt] * batch_size, seeds, callback=on_step)
+        with cpu_threads_for(pipe._execution_device, threads), \
+                extra_networks.applied(pipe, [s.prompt], s.negative_prompt) as (nets,):
+            # the encoders see the prompts with the tags taken out and the embeddings' tokens in
+            x = _sample_and_decode(pipe, replace(s, negative_prompt=nets.negative_prompt),
+                                   [nets.prompt] * batch_size, seeds, callback=on_step)
     finally:
         bar.close()
     images = pipe.image_processor.postprocess(x, output_type="pil")
-    used = [replace(s, seed=k_seed, extra={}) for k_seed in seeds]
+    used = [replace(s, seed=k_seed, extra=extra_networks.infotext_fields(nets)) for k_seed in seeds]
     for image, settings in zip(images, used):
         image.info["parameters"] = settings.to_text()
     return GeneratedImages(images, used)
@@ -227,10 +233,13 @@ def generate_many(
     bar = tqdm(total=len(prompts), desc="generating", unit="image",
                disable=progress is False, delay=PROGRESS_DELAY if progress is None else 0)
     try:
-        with cpu_threads_for(pipe._execution_device, threads):
+        with cpu_threads_for(pipe._execution_device, threads), \
+                extra_networks.applied(pipe, prompts, s.negative_prompt) as nets:
+            encoded = replace(s, negative_prompt=nets[0].negative_prompt)
+            texts = [n.prompt for n in nets]
             for i in range(0, len(prompts), batch):
                 part = slice(i, i + batch)
-                x = _sample_and_decode(pipe, s, prompts[part], [u.seed for u in used[part]],
+                x = _sample_and_decode(pipe, encoded, texts[part], [u.seed for u in used[part]],
                                        noise=None if noise is None else noise[part])
                 bar.update(len(x))
                 if output == "numpy":
@@ -240,6 +249,8 @@ def generate_many(
                     images += pipe.image_processor.postprocess(x, output_type="pil")
     finally:
         bar.close()
+    for settings, n in zip(used, nets):
+        settings.extra = extra_networks.infotext_fields(n)
     if output == "pil":
         for image, settings in zip(images, used):
             image.info["parameters"] = settings.to_text()

@@ -22,3 +22,22 @@ def models_dir(folder: str | os.PathLike | None = None) -> Path:
     if folder is not None:
         return Path(folder).expanduser()
     return Path(os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR).expanduser()
+
+LORA_DIR_ENV = "TUTORIAL_LDM_LORA_DIR"  # set it to use another LoRA folder
+DEFAULT_LORA_DIR = REPO_ROOT / "models" / "Lora"  # A1111's place for LoRA files
+EMBEDDINGS_DIR_ENV = "TUTORIAL_LDM_EMBEDDINGS_DIR"  # set it to use another embeddings folder
+DEFAULT_EMBEDDINGS_DIR = REPO_ROOT / "embeddings"  # A1111's place for textual-inversion embeddings
+
+
+def lora_dir(folder: str | os.PathLike | None = None) -> Path:
+    """The LoRA folder: `folder`, else $TUTORIAL_LDM_LORA_DIR, else models/Lora."""
+    if folder is not None:
+        return Path(folder).expanduser()
+    return Path(os.environ.get(LORA_DIR_ENV) or DEFAULT_LORA_DIR).expanduser()
+
+
+def embeddings_dir(folder: str | os.PathLike | None = None) -> Path:
+    """The embeddings folder: `folder`, else $TUTORIAL_LDM_EMBEDDINGS_DIR, else embeddings/."""
+    if folder is not None:
+        return Path(folder).expanduser()
+    return Path(os.environ.get(EMBEDDINGS_DIR_ENV) or DEFAULT_EMBEDDINGS_DIR).expanduser()

@@ -71,8 +71,9 @@ def _classify_position(blob: np.ndarray) -> str:
                                                         cy - world.POSITIONS[p][1]))
 
 
-def analyze(image) -> Reading:
-    """Read a 64×64 image of the world (PIL image or uint8 array HWC) back into a `Reading`."""
+def analyze(image, colours: dict | None = None) -> Reading:
+    """Read a 64×64 image of the world (PIL image or uint8 array HWC) back into a `Reading`;
+    `colours`: the palette a shape's colour is read from (default `world.COLOURS`)."""
     arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=float)
     if arr.shape != (world.IMAGE_SIZE, world.IMAGE_SIZE, 3):
         raise ValueError(f"expected a {world.IMAGE_SIZE}×{world.IMAGE_SIZE} RGB image, "
@@ -95,7 +96,7 @@ def analyze(image) -> Reading:
     if blob.sum() < MIN_BLOB_PIXELS:
         return Reading(None, None, None, None, background)
     return Reading(
-        colour=_nearest(np.median(arr[blob], axis=0), world.COLOURS),
+        colour=_nearest(np.median(arr[blob], axis=0), colours or world.COLOURS),
         shape=_classify_shape(blob),
         position=_classify_position(blob),
         size=_classify_size(blob),
@@ -105,7 +106,8 @@ def analyze(image) -> Reading:
 
 def adherence(images, prompts) -> dict[str, float]:
     """Share of images whose reading matches their prompt, per attribute and for
-    colour, shape and position all three right ("all3")."""
+    colour, shape and position all three right ("all3"). Colours are read from `world.COLOURS`
+    and the unseen colours the prompts name (`world.UNSEEN_COLOURS`, chapter 8)."""
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; "
                          "need one image per prompt")
@@ -113,9 +115,12 @@ def adherence(images, prompts) -> dict[str, float]:
         raise ValueError("adherence needs at least one image")
     keys = ("colour", "shape", "position", "size", "background")
     hits = {k: 0 for k in (*keys, "all3")}
-    for image, prompt in zip(images, prompts):
-        want = asdict(world.parse_caption(prompt))
-        got = asdict(analyze(image))
+    wanted = [world.parse_caption(p) for p in prompts]
+    palette = {**world.COLOURS, **{c: rgb for c, rgb in world.UNSEEN_COLOURS.items()
+                                   if any(w.colour == c for w in wanted)}}
+    for image, scene in zip(images, wanted):
+        want = asdict(scene)
+        got = asdict(analyze(image, palette))
         ok = {k: got[k] == want[k] for k in keys}
         for k in keys:
             hits[k] += ok[k]

@@ -29,6 +29,9 @@ COLOURS = {
     "purple": (140, 40, 190),
 }
 BACKGROUNDS = {"white": (255, 255, 255), "black": (15, 15, 15), **COLOURS}
+# Colours the shipped model never saw: drawn and read, but in no training caption (chapter 8
+# teaches one to the model; `sample_scenes` never picks them).
+UNSEEN_COLOURS = {"cyan": (20, 190, 200)}
 
 # Phrase -> centre of the shape in pixels (x, y), y pointing down.
 POSITIONS = {
@@ -79,7 +82,7 @@ def normalize_prompt(prompt: str) -> str:
 
 def parse_caption(caption: str) -> Scene:
     """Read a caption of this world back into a `Scene` (the inverse of `Scene.caption`)."""
-    colours = "|".join(COLOURS)
+    colours = "|".join([*COLOURS, *UNSEEN_COLOURS])
     pattern = (
         rf"a (?:(?P<size>small|large) )?(?P<colour>{colours}) (?P<shape>{'|'.join(SHAPES)}) "
         rf"(?P<position>{'|'.join(POSITIONS)})"
@@ -146,7 +149,7 @@ def render(scene: Scene) -> np.ndarray:
     """The scene as a uint8 array of shape (64, 64, 3)."""
     cx, cy = POSITIONS[scene.position]
     mask = _shape_mask(scene.shape, cx + scene.dx, cy + scene.dy, SIZES[scene.size])[..., None]
-    fg = np.array(COLOURS[scene.colour], dtype=np.float32)
+    fg = np.array({**COLOURS, **UNSEEN_COLOURS}[scene.colour], dtype=np.float32)
     bg = np.array(BACKGROUNDS[scene.background], dtype=np.float32)
     return np.round(mask * fg + (1 - mask) * bg).astype(np.uint8)
 

@@ -1,14 +1,14 @@
 """Chapter 8: teach the tiny model a colour it has never seen, three ways.
 
-The shipped model was trained on six colours; `world.UNSEEN_COLOURS` has a seventh ("cyan") that
+The shipped model was trained on six colours; `world.UNSEEN_COLOURS` has a seventh ("pink") that
 no training caption contained (its tokenizer does not even know the word: it reads <unk>).
-Three ways to teach it, each on the same few hundred rendered cyan scenes:
+Three ways to teach it, each on the same few hundred rendered pink scenes:
 
-- textual inversion (Gal et al. 2022): one new token embedding v* for "cyan" is learned, every
+- textual inversion (Gal et al. 2022): one new token embedding v* for "pink" is learned, every
   weight of the model frozen; the result is an A1111 embedding file of 64 numbers.
 - LoRA (Hu et al. 2021) on the UNet's attention projections: each frozen W (out × in) becomes
   W + (α/r)·B·A with A (r × in) and B (out × r) trained; r ≪ in, out, so the file is small.
-  Saved in kohya's layout, used with `<lora:cyan>` like any civitai LoRA.
+  Saved in kohya's layout, used with `<lora:pink>` like any civitai LoRA.
 - full fine-tuning of the UNet, for comparison: every weight moves, a full model file.
 
 The objective is the one the model was trained with (paper Eq. 3, v-prediction): the UNet
@@ -21,8 +21,10 @@ m the multiplier of `<lora:name:m>`; v* the learned embedding.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import world
 
-NEW_COLOUR = "cyan"
+NEW_COLOUR = "pink"
 METHODS = ("textual_inversion", "lora", "full")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention projections
 
@@ -278,14 +280,34 @@ def save_unet(unet, path: str | os.PathLike) -> Path:
 
 # -- measuring -------------------------------------------------------------------------------------------
 
-def measure(pipe, prompts: list[str], *, steps: int = 20, seed: int = 0) -> dict[str, float]:
+def measure(pipe, prompts: list[str], *, steps: int = 20, seed: int = 0, files: bool = False) -> dict[str, float]:
     """Adherence (`metrics.adherence`) of one image per prompt: share with the right colour, and
-    colour + shape + position all right ("all3")."""
+    colour + shape + position all right ("all3"). files=False measures the model in hand: the
+    LoRA and embedding folders are not looked in (a pink.pt lying there would take over "pink")."""
     from .generation import generate_many
     from .metrics import adherence
+    from .paths import EMBEDDINGS_DIR_ENV, LORA_DIR_ENV
 
-    images = generate_many(pipe, prompts, steps=steps, seed=seed, output="numpy", progress=False)
+    with contextlib.ExitStack() as stack:
+        if not files:
+            empty = stack.enter_context(tempfile.TemporaryDirectory())
+            stack.enter_context(_environment({LORA_DIR_ENV: empty, EMBEDDINGS_DIR_ENV: empty}))
+        images = generate_many(pipe, prompts, steps=steps, seed=seed, output="numpy", progress=False)
     return adherence(images, [p.split(" <lora:")[0] for p in prompts])
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def chance() -> float:
@@ -294,20 +316,25 @@ def chance() -> float:
 
 
 def run(method: str, out_dir: str | os.PathLike, *, steps: int | None = None, variants: int = 2,
-        eval_steps: int = 20, threads: int = 0, seed: int = 0) -> dict:
+        original: int = 90, eval_steps: int = 20, threads: int = 0, seed: int = 0,
+        before: dict | None = None) -> dict:
     """Fine-tune a fresh copy of the shipped model with `method`, save its file in `out_dir`
-    (Lora/cyan.safetensors, embeddings/cyan.pt, or unet-cyan.safetensors) and measure it:
-    the new colour on its held-out prompts before and after, the original prompts after."""
+    (Lora/pink.safetensors, embeddings/pink.pt, or unet-pink.safetensors) and measure it: the
+    new colour on its held-out prompts (5 × variants) before and after, and `original` of the
+    90 original benchmark prompts before and after. `before`: a previous run's result, whose
+    "before" figures are reused (the same shipped model, the same prompts)."""
     from .loading import load_pipeline
-    from .metrics import benchmark_prompts
 
     out_dir = Path(out_dir)
     cfg = FinetuneConfig(method=method, seed=seed, threads=threads,
                          steps=steps if steps is not None else FinetuneConfig.steps)
+    check_config(cfg)
     pipe = load_pipeline(device="cpu")
-    new, old = concept_prompts(variants=variants), benchmark_prompts(variants=1)
-    result = {"before_new": measure(pipe, new, steps=eval_steps), "before_old": measure(pipe, old, steps=eval_steps),
-              "chance": chance()}
+    new, old = concept_prompts(variants=variants), original_prompts(original)
+    if before is None:
+        before = {"before_new": measure(pipe, new, steps=eval_steps),
+                  "before_old": measure(pipe, old, steps=eval_steps)}
+    result = {"before_new": before["before_new"], "before_old": before["before_old"], "chance": chance()}
     log = finetune(pipe, cfg)
     if method == "textual_inversion":
         path = save_embedding(pipe, out_dir / "embeddings" / f"{NEW_COLOUR}.pt", step=cfg.steps)
@@ -318,3 +345,26 @@ def run(method: str, out_dir: str | os.PathLike, *, steps: int | None = None, va
     result.update(log, file=str(path), file_bytes=path.stat().st_size,
                   after_new=measure(pipe, new, steps=eval_steps), after_old=measure(pipe, old, steps=eval_steps))
     return result
+
+
+def original_prompts(n: int = 90) -> list[str]:
+    """`n` of the 90 plain benchmark prompts (every colour × shape × position), evenly spread."""
+    from .metrics import benchmark_prompts
+
+    prompts = benchmark_prompts(variants=1)
+    if not isinstance(n, int) or not 1 <= n <= len(prompts):
+        raise ValueError(f"original = {n!r}: expected an integer from 1 to {len(prompts)}")
+    return prompts[:: len(prompts) // n][:n]
+
+
+def report(result: dict) -> str:
+    """A run's figures in a few lines (what bench/finetune.py and the CLI print)."""
+    b, a, o0, o = result["before_new"], result["after_new"], result["before_old"], result["after_old"]
+    return "\n".join([
+        f"{result['method']}: {result['steps']} steps, {result['cpu_seconds'] / 60:.1f} CPU min, "
+        f"{result['trainable']:,} trained parameters, file {result['file']} ({result['file_bytes'] / 1024:.1f} KiB)",
+        f"  new colour on held-out prompts: {a['colour']:.0%} (before {b['colour']:.0%}, chance "
+        f"{result['chance']:.0%}); colour+shape+position {a['all3']:.0%} (before {b['all3']:.0%})",
+        f"  original prompts, all three right: {o['all3']:.0%} (before {o0['all3']:.0%}, "
+        f"{100 * (o0['all3'] - o['all3']):+.1f} points lost)",
+    ])

@@ -30,8 +30,9 @@ COLOURS = {
 }
 BACKGROUNDS = {"white": (255, 255, 255), "black": (15, 15, 15), **COLOURS}
 # Colours the shipped model never saw: drawn and read, but in no training caption (chapter 8
-# teaches one to the model; `sample_scenes` never picks them).
-UNSEEN_COLOURS = {"cyan": (20, 190, 200)}
+# teaches one to the model; `sample_scenes` never picks them). Pink, because the shipped
+# autoencoder reconstructs it (cyan, lime or magenta it turns into blue, orange or purple).
+UNSEEN_COLOURS = {"pink": (245, 120, 185)}
 
 # Phrase -> centre of the shape in pixels (x, y), y pointing down.
 POSITIONS = {

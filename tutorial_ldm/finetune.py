@@ -58,7 +58,7 @@ class FinetuneConfig:
     threads: int = 0  # torch CPU threads; 0 = every core
 
 
-LEARNING_RATES = {"textual_inversion": 5e-2, "lora": 2e-3, "full": 2e-4}
+LEARNING_RATES = {"textual_inversion": 5e-2, "lora": 5e-3, "full": 2e-4}
 # chapter 8's shorter recipes (the notebook must run in the course's time budget)
 NOTEBOOK_STEPS = {"textual_inversion": 120, "lora": 150, "full": 100}
 

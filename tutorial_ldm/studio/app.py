@@ -34,6 +34,7 @@ from . import render
 from .controls import NumberBox, labelled, paired
 from .job import Job
 from .messages import explain, explain_load, settings_message, warnings_for
+from .networks import NetworksRow
 from .strings import FIELD_LABELS, LANGUAGE_NAMES, STRINGS
 
 MAX_STEPS_SLIDER = 150  # the sliders' ranges, as in A1111; the boxes take whatever validate allows
@@ -111,6 +112,7 @@ class Studio(w.VBox):
         self.refresh_button = w.Button(layout=w.Layout(width="3em"))
         self.prompt = labelled(w.Textarea(DEFAULT_PROMPT, rows=3), "100%")
         self.negative_prompt = labelled(w.Textarea("", rows=2), "100%")
+        self.networks = NetworksRow(self.prompt, self.negative_prompt, self._lang)  # LoRAs, embeddings
         self.weights_button = w.ToggleButton(False)
         self.weights = w.HTML(layout=w.Layout(display="none"))
         self.sampler = labelled(w.Dropdown(options=[(A1111_NAMES.get(k, k), k) for k in SAMPLERS]))
@@ -142,7 +144,8 @@ class Studio(w.VBox):
                                                  grid_gap="8px"))
         controls = w.VBox([
             self.language_button, w.HBox([self.model, self.refresh_button]),
-            self.prompt, self.negative_prompt, w.HBox([self.weights_button, self.png_info]), self.weights,
+            self.prompt, self.negative_prompt, self.networks, w.HBox([self.weights_button, self.png_info]),
+            self.weights,
             self.sampler, paired(self.steps, self.steps_slider), paired(self.cfg, self.cfg_slider),
             w.HBox([self.seed, self.random_seed_button, self.reuse_seed_button]),
             paired(self.width, self.width_slider), paired(self.height, self.height_slider),
@@ -188,6 +191,7 @@ class Studio(w.VBox):
             if tip:
                 widget.tooltip = t[tip].format(folder=self._folder() if name == "refresh_button" else self.save_dir)
         self.prompt.placeholder, self.negative_prompt.placeholder = t["prompt_placeholder"], t["negative_placeholder"]
+        self.networks.language = lang
         if self.model.options:
             self._fill_model_list()
         self._show_weights()

@@ -1,6 +1,8 @@
 """The studio's LoRA / embedding row (tutorial_ldm.studio.networks): it lists what it finds and
 types the tag into the prompt."""
 
+import html
+
 import torch
 from safetensors.torch import save_file
 from tiny_sd import shipped_pipe
@@ -36,3 +38,17 @@ def test_lists_inserts_and_speaks_both_languages(tmp_path, monkeypatch):
     app.language = "zh"
     assert row.insert_lora.description == STRINGS["zh"]["insert"]
     assert set(STRINGS["en"]) == set(STRINGS["zh"])
+
+
+def test_png_info_names_a_missing_lora(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("TUTORIAL_LDM_LORA_DIR", str(tmp_path / "Lora"))
+    app = studio(shipped_pipe(), models_dir=tmp_path)
+    image = Image.new("RGB", (64, 64))
+    image.info["parameters"] = ("a red circle <lora:gone:0.5>\nSteps: 5, Sampler: Euler a, CFG scale: 2, "
+                                'Seed: 1, Size: 64x64, Lora hashes: "gone: 0123456789ab"')
+    assert app.load_png(image) is not None
+    assert "<lora:gone:0.5>" in app.prompt.value
+    said = html.unescape(app.status.value)
+    assert "'gone'" in said and "no gone.safetensors" in said

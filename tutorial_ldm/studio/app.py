@@ -22,6 +22,7 @@ from pathlib import Path
 import ipywidgets as w
 
 from ..autoencoder import vae_factor
+from ..extra_networks import check_available
 from ..generation import generate
 from ..loading import list_models, load_pipeline, model_name, models_dir
 from ..parameters import read_parameters, save_image
@@ -268,6 +269,10 @@ class Studio(w.VBox):
             notes.append(lambda t: t["png_unknown_sampler"].format(sampler=s.sampler))
         if s.model and self.pipe is not None and s.model != model_name(self.pipe):
             notes.append(lambda t: t["png_model"].format(model=s.model, current=model_name(self.pipe)))
+        try:  # the LoRAs and embeddings it records must be here to make it again
+            check_available(s)
+        except (OSError, ValueError) as e:
+            notes.append(lambda t, e=e: str(e))
         def read(lang):
             t = STRINGS[lang]
             return t["png_read"].format(name=name, fields=t["list_separator"].join(t[FIELD_LABELS[f]] for f in fields))

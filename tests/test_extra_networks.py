@@ -68,8 +68,9 @@ def test_tags_are_removed_and_parsed():
     assert xn.parse_lora_tags("no tags") == ("no tags", [])
 
 
-@pytest.mark.parametrize("tag, words", [("<lora:x:big>", "not a number"), ("<lora:x:1:2:3>", "<lora:name:multiplier>"),
-                                         ("<hypernet:x:1>", "only <lora"), ("<lyco:x:1>", "not supported")])
+@pytest.mark.parametrize("tag, words", [("<lora:x:big>", "not a number"),
+                                        ("<lora:x:1:2:3>", "<lora:name:multiplier>"),
+                                        ("<hypernet:x:1>", "only <lora"), ("<lyco:x:1>", "not supported")])
 def test_bad_tags_are_named(tag, words):
     with pytest.raises(ValueError, match=words) as e:
         xn.parse_lora_tags(f"a {tag}")
@@ -122,7 +123,7 @@ def _check_formula(pipe, state, prefix, model, multiplier):
     assert checked > 0
 
 
-@pytest.mark.parametrize("arch", ["tiny", "sd1", "sdxl"])
+@pytest.mark.parametrize("arch", ["tiny", "sd1", "sd2", "sdxl"])
 def test_kohya_file_is_loaded_as_the_formula_says(folders, tiny, arch):
     pipe = tiny if arch == "tiny" else build_tiny(arch)
     state = kohya_lora(pipe, rank=4, alpha=2.0)

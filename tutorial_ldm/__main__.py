@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="teach the shipped tiny model the unseen colour pink (chapter 8)")
     p.add_argument("--method", default="lora", choices=["textual_inversion", "lora", "full", "all"])
     p.add_argument("--out", default="runs/finetune", help="the files go to OUT/Lora, OUT/embeddings, OUT")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 500)")
     p.add_argument("--variants", type=int, default=2, help="held-out prompts: 5 × variants")
     p.add_argument("--original", type=int, default=90, help="original prompts measured (of 90)")
     p.add_argument("--eval-steps", type=int, default=20, help="sampling steps when measuring")

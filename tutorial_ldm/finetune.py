@@ -46,7 +46,7 @@ class FinetuneConfig:
     """One fine-tuning run; the defaults are bench/finetune.py's (each ≤ 5 CPU minutes)."""
 
     method: str = "lora"
-    steps: int = 300
+    steps: int = 500
     batch: int = 32
     lr: float | None = None  # None: the method's (LEARNING_RATES)
     rank: int = 4  # LoRA r

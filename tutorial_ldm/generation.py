@@ -59,14 +59,16 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> tuple[torch.Tenso
 
 
 def _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height,
-              batch_size) -> GenerationSettings:
-    """The caller's settings, None taken from the model's defaults, validated."""
+              batch_size, **image_fields) -> GenerationSettings:
+    """The caller's settings, None taken from the model's defaults, validated. image_fields:
+    strength, mask_blur and the hires fix's (`settings.IMAGE_FIELDS`)."""
     d = defaults_for(pipe)
     given = GenerationSettings(
         prompt=prompt, negative_prompt=negative_prompt, seed=seed, model=d.model,
         steps=d.steps if steps is None else steps, guidance=d.guidance if guidance is None else guidance,
         sampler=d.sampler if sampler is None else sampler,
         width=d.width if width is None else width, height=d.height if height is None else height,
+        **image_fields,
     )
     return validate(given, pipe, batch_size=batch_size)
 
@@ -98,25 +100,37 @@ def _conditioning(pipe, prompts: list[str], negative_prompt: str, guidance: floa
     return batch(0), None if guidance <= 1 else batch(1)
 
 
+def latent_shape(pipe, s: GenerationSettings) -> tuple[int, int, int]:
+    """(C, h, w) of one image's latents (C: the VAE's, also for a 9-channel inpainting UNet)."""
+    f = vae_factor(pipe)
+    return (pipe.vae.config.latent_channels, s.height // f, s.width // f)
+
+
 @torch.no_grad()
-def _sample_and_decode(pipe, s: GenerationSettings, prompts: list[str], seeds: list[int], *,
-                       noise=None, callback=None) -> torch.Tensor:
-    """Images in [-1, 1] (N, 3, H, W) for prompts[k] from seed seeds[k] (or noise[k])."""
+def _sample_latents(pipe, s: GenerationSettings, prompts: list[str], seeds: list[int], *,
+                    noise=None, callback=None, unet=None, init_latents=None, start_step=0) -> torch.Tensor:
+    """Latents (N, C, h, w) for prompts[k] from seed seeds[k] (or noise[k]). img2img passes the
+    clean latents to start from and its rung (`samplers.sample`), inpainting a UNet that sees the
+    mask too (`image_to_image`)."""
     from .samplers import sample
 
     device = pipe._execution_device  # where the models run, also under CPU offload
     cond, uncond = _conditioning(pipe, prompts, s.negative_prompt, s.guidance, device)
-    f = vae_factor(pipe)
-    shape = (pipe.unet.config.in_channels, s.height // f, s.width // f)
     # drawn also when `noise` is given, so that the generators stand where they would for the
     # stochastic samplers' fresh noise
-    start, generators = initial_noise(seeds, shape)
+    start, generators = initial_noise(seeds, latent_shape(pipe, s))
     if noise is not None:
         start = noise
-    latents = sample(s.sampler, pipe.unet, start.to(device, pipe.unet.dtype), pipe.scheduler.config,
-                     steps=s.steps, cond=cond, uncond=uncond, guidance=float(s.guidance),
-                     generator=generators, callback=callback)
-    return decode(pipe, latents).float()
+    if init_latents is not None:
+        init_latents = init_latents.to(device, pipe.unet.dtype)
+    return sample(s.sampler, unet or pipe.unet, start.to(device, pipe.unet.dtype), pipe.scheduler.config,
+                  steps=s.steps, cond=cond, uncond=uncond, guidance=float(s.guidance),
+                  generator=generators, callback=callback, init_latents=init_latents, start_step=start_step)
+
+
+def _sample_and_decode(pipe, s: GenerationSettings, prompts: list[str], seeds: list[int], **kwargs) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, H, W) for prompts[k] from seed seeds[k] (or noise[k])."""
+    return decode(pipe, _sample_latents(pipe, s, prompts, seeds, **kwargs)).float()
 
 
 def generate(
@@ -134,6 +148,10 @@ def generate(
     callback=None,
     progress: bool | None = None,
     threads: int | None = None,
+    hires_upscale: float | None = None,
+    hires_steps: int | None = None,
+    hires_upscaler: str | None = None,
+    hires_denoising: float | None = None,
 ) -> GeneratedImages:
     """Generate `batch_size` images of one prompt; returns them with `.settings`, and each image
     has its settings in `image.info["parameters"]` (A1111 text).
@@ -153,14 +171,33 @@ def generate(
     progress: a tqdm bar; None shows it only once sampling has taken more than 2 s.
     threads: torch threads on the CPU (default `devices.cpu_threads()`: the free cores); the last
         bit of a float, and so rarely one level of a pixel, can depend on it.
+    hires_upscale, hires_steps, hires_upscaler, hires_denoising: A1111's hires fix
+        (`image_to_image.hires_fix`): the image made at width×height is enlarged hires_upscale
+        times ("Latent", "Latent (nearest)" or "Lanczos"; A1111's defaults "Latent" and 0.7) and
+        denoised again by img2img; None: off.
     Bad settings raise `SettingsError` (a ValueError naming the field) before any work.
     """
     check_callback(callback)
-    s = _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height, batch_size)
+    s = _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height, batch_size,
+                  hires_upscale=hires_upscale, hires_steps=hires_steps, hires_upscaler=hires_upscaler,
+                  hires_denoising=hires_denoising)
+    run, total = _sample_and_decode, s.steps
+    if s.hires_upscale is not None:
+        from .image_to_image import hires_fix, steps_run
+
+        run, total = hires_fix, s.steps + steps_run(s.hires_steps, s.hires_denoising)
+    return _generate(pipe, s, batch_size, run, total, callback=callback, progress=progress, threads=threads)
+
+
+def _generate(pipe, s: GenerationSettings, batch_size: int, run, total: int, *, callback, progress,
+              threads) -> GeneratedImages:
+    """The front door's work for validated settings `s`: the seeds, a progress bar of `total`
+    steps, and `run(pipe, s, prompts, seeds, callback=…)`'s images in [-1, 1] as PIL images with
+    their settings (generate, and img2img/inpaint in `image_to_image`)."""
     if s.seed == -1:
         s.seed = secrets.randbelow(MAX_SEED - batch_size + 2)
     seeds = [s.seed + k for k in range(batch_size)]
-    bar = tqdm(total=s.steps, desc="sampling", unit="step", disable=progress is False,
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=progress is False,
                delay=PROGRESS_DELAY if progress is None else 0)
 
     def on_step(i, total, x, denoised):
@@ -170,7 +207,7 @@ def generate(
 
     try:
         with cpu_threads_for(pipe._execution_device, threads):
-            x = _sample_and_decode(pipe, s, [s.prompt] * batch_size, seeds, callback=on_step)
+            x = run(pipe, s, [s.prompt] * batch_size, seeds, callback=on_step)
     finally:
         bar.close()
     images = pipe.image_processor.postprocess(x, output_type="pil")

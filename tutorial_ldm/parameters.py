@@ -46,6 +46,7 @@ def format_parameters(s: GenerationSettings) -> str:
         "Seed": s.seed,
         "Size": f"{s.width}x{s.height}" if s.width and s.height else "",
         "Model": s.model,
+        **_image_fields(s),
         **s.extra,
     }
     lines = _escape(s.prompt)
@@ -86,11 +87,42 @@ def parse_parameters(text: str, cls=None) -> GenerationSettings:
             settings.width, settings.height = int(size.group(1)), int(size.group(2))
         elif key == "Model":
             settings.model = value
+        elif key in _IMAGE_KEYS:
+            pass  # after the loop: "Denoising strength" means the hires pass's when there is one
         elif key != "Sampler":
             settings.extra[key] = value
     if "Sampler" in values:
         settings.sampler = _our_sampler(values["Sampler"], settings.extra)
+    _read_image_fields(settings, values)
     return settings
+
+
+# The image-to-image fields (`tutorial_ldm.image_to_image`), written as A1111 writes them: img2img
+# and inpaint record "Denoising strength" (and "Mask blur"); a txt2img with hires fix records its
+# second pass's "Denoising strength" beside "Hires upscale", "Hires steps" and "Hires upscaler".
+_IMAGE_KEYS = {"Denoising strength": float, "Mask blur": int, "Hires upscale": float, "Hires steps": int,
+               "Hires upscaler": str}
+
+
+def _image_fields(s: GenerationSettings) -> dict:
+    from .settings import IMAGE_FIELDS
+
+    fields = {}
+    for name, key in IMAGE_FIELDS.items():
+        value = getattr(s, name)
+        if value is not None:
+            fields[key] = _number(float(value)) if isinstance(value, float) else value
+    return fields
+
+
+def _read_image_fields(settings: GenerationSettings, values: dict[str, str]) -> None:
+    from .settings import IMAGE_FIELDS
+
+    hires = "Hires upscale" in values
+    for name, key in IMAGE_FIELDS.items():
+        if key in values and (key != "Denoising strength" or hires == (name == "hires_denoising")):
+            kind = _IMAGE_KEYS[key]
+            setattr(settings, name, _parse(kind, key, values[key], "a number") if kind is not str else values[key])
 
 
 def _newlines(text: str) -> str:

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from .autoencoder import encode_latents, to_tensor, vae_factor
 from .generation import (GeneratedImages, _generate, _sample_and_decode, _sample_latents, _settings,
-                         decode, initial_noise, latent_shape)
+                         decode, generate, initial_noise, latent_shape)
 from .samplers import build_schedule, img2img_start
 from .settings import SettingsError, check_callback, hires_size
 
@@ -306,3 +306,116 @@ def hires_fix(pipe, s, prompts, seeds, *, callback=None) -> torch.Tensor:
     if start == second.steps:
         return decode(pipe, big).float()
     return _sample_and_decode(pipe, second, prompts, seeds, callback=callback, init_latents=big, start_step=start)
+
+
+# ----------------------------------------------------------------------------- chapter 7's measurements
+# On the tiny model's world, read back by `metrics.analyze`; bench/img2img.py prints the same.
+
+SOURCE_CAPTION = "a red circle on the left"
+RECOLOUR, MOVE = "a blue circle on the left", "a red circle on the right"
+REPAINT = "a green square on the left"
+HIRES_PROMPTS = ("a red circle on the left", "a blue square at the top", "a green triangle on the right",
+                 "a yellow circle at the bottom")
+
+
+def source_image(caption: str = SOURCE_CAPTION):
+    """The world's own rendering of `caption` (no model involved): the input of the studies."""
+    from PIL import Image
+
+    from . import world
+
+    return Image.fromarray(world.render(world.parse_caption(caption)))
+
+
+def source_mask(caption: str = SOURCE_CAPTION, pad: int = 4):
+    """A white rectangle over the shape of `caption` (its box in the world, padded), as uint8."""
+    from . import world
+
+    scene = world.parse_caption(caption)
+    (cx, cy), half = world.POSITIONS[scene.position], world.SIZES[scene.size] // 2 + pad
+    mask = np.zeros((world.IMAGE_SIZE, world.IMAGE_SIZE), np.uint8)
+    mask[max(cy - half, 0): cy + half, max(cx - half, 0): cx + half] = 255
+    return mask
+
+
+def _psnr(images, reference) -> float:
+    from .autoencoder import psnr
+
+    x = to_tensor([np.asarray(im) for im in images])
+    return float(psnr(x, to_tensor([np.asarray(reference)] * len(images))).mean())
+
+
+def _hits(images, want: dict) -> float:
+    from .metrics import analyze
+
+    readings = [analyze(im) for im in images]
+    return float(np.mean([all(getattr(r, k) == v for k, v in want.items()) for r in readings]))
+
+
+def strength_sweep(pipe, strengths=tuple(np.round(np.arange(1, 11) / 10, 1)), *, n: int = 8, steps: int = 20,
+                   seed: int = 0) -> list[dict]:
+    """img2img of the red circle on the left towards a blue one (a colour change) and towards one
+    on the right (a move), n seeds per strength: the share that succeeded and the PSNR (dB) to the
+    source. Colour is decided low on the ladder, layout high up: the move needs more strength."""
+    src = source_image()
+    rows = []
+    for strength in strengths:
+        row = {"strength": float(strength)}
+        for name, prompt, want in (("colour", RECOLOUR, {"colour": "blue", "position": "on the left"}),
+                                   ("move", MOVE, {"colour": "red", "position": "on the right"})):
+            out = img2img(pipe, src, prompt, strength=float(strength), steps=steps, seed=seed, batch_size=n,
+                          progress=False)
+            row[name], row[f"{name}_psnr"] = _hits(out, want), _psnr(out, src)
+        rows.append(row)
+    return rows
+
+
+def inpaint_study(pipe, *, n: int = 8, steps: int = 20, seed: int = 0) -> list[dict]:
+    """Repaint the red circle's box as a green square: inpainting (latent blending and paste-back)
+    against img2img of the whole picture. Success is the analyzer reading a green square on the
+    left; `outside` the mean |Δ| (0–255 levels) to the source outside the mask and its blurred edge
+    (mask_blur=4: the paste-back blends there), `outside_max` the largest |Δ| there."""
+    from PIL import Image
+
+    src, mask = source_image(), source_mask()
+    outside = masks(Image.fromarray(mask), 4)[1][0, 0].numpy() == 0
+    runs = {"inpaint": lambda: inpaint(pipe, src, mask, REPAINT, steps=steps, seed=seed, batch_size=n, progress=False)}
+    for strength in (0.75, 1.0):
+        runs[f"img2img {strength}"] = lambda strength=strength: img2img(
+            pipe, src, REPAINT, strength=strength, steps=steps, seed=seed, batch_size=n, progress=False)
+    rows = []
+    for method, run in runs.items():
+        out = run()
+        delta = [np.abs(np.asarray(im, int) - np.asarray(src, int))[outside] for im in out]
+        rows.append({"method": method, "success": _hits(out, {"colour": "green", "shape": "square",
+                                                                "position": "on the left"}),
+                     "outside": float(np.mean([d.mean() for d in delta])),
+                     "outside_max": int(max(d.max() for d in delta))})
+    return rows
+
+
+def hires_study(pipe, prompts=HIRES_PROMPTS, *, n: int = 4, steps: int = 20, seed: int = 0) -> list[dict]:
+    """Twice the native size, directly and by the hires fix (latent upscale at denoising 0.5, or
+    Lanczos in pixels at 0.3): the share of images with exactly one shape (`metrics.count_shapes`)
+    and whose reading (shrunk to the native size) matches the prompt's colour, shape and position;
+    the native size as the reference."""
+    from PIL import Image
+
+    from . import world
+    from .metrics import count_shapes
+
+    side = 2 * world.IMAGE_SIZE
+    methods = {"native 64": {}, "direct 128": {"width": side, "height": side},
+               "hires Latent 0.5": {"hires_upscale": 2, "hires_denoising": 0.5},
+               "hires Lanczos 0.3": {"hires_upscale": 2, "hires_upscaler": "Lanczos", "hires_denoising": 0.3}}
+    rows = []
+    for method, kwargs in methods.items():
+        one, right = [], []
+        for prompt in prompts:
+            out = generate(pipe, prompt, steps=steps, seed=seed, batch_size=n, progress=False, **kwargs)
+            small = [im.resize((world.IMAGE_SIZE,) * 2, Image.Resampling.LANCZOS) for im in out]
+            scene = world.parse_caption(prompt)
+            one += [count_shapes(im) == 1 for im in out]
+            right.append(_hits(small, {"colour": scene.colour, "shape": scene.shape, "position": scene.position}))
+        rows.append({"method": method, "one_shape": float(np.mean(one)), "adherence": float(np.mean(right))})
+    return rows

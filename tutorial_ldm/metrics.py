@@ -139,3 +139,18 @@ def benchmark_prompts(variants: int = 2, seed: int = 0) -> list[str]:
                             [b for b in world.BACKGROUNDS if b != colour]))
                     prompts.append(world.Scene(shape, colour, position, size, background).caption)
     return prompts
+
+
+def count_shapes(image, min_fraction: float = MIN_BLOB_PIXELS / world.IMAGE_SIZE**2) -> int:
+    """How many separate shapes an image of the world shows, at any size: the blobs of pixels far
+    from the background (as `analyze` finds them) that cover at least `min_fraction` of it. The
+    world has one shape per image; a model asked for a size it was not trained at draws more."""
+    from skimage.measure import label
+
+    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=float)
+    border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3),
+                             arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)])
+    distance = np.linalg.norm(arr - np.median(border, axis=0), axis=-1)
+    labels = label(distance > max(60.0, 0.5 * distance.max()), connectivity=1)
+    sizes = np.bincount(labels.ravel())[1:]
+    return int((sizes >= min_fraction * distance.size).sum())

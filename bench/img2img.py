@@ -22,15 +22,6 @@ from tutorial_ldm.loading import load_pipeline
 from tutorial_ldm.paths import SHIPPED_MODEL
 
 
-def table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    widths = [max(len(k), *(len(cell(r[k])) for r in rows)) for k in keys]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(cell(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(SHIPPED_MODEL))
@@ -53,7 +44,7 @@ def main() -> None:
     ):
         start = time.perf_counter()
         rows = run()
-        print(f"\n{title}  [{time.perf_counter() - start:.1f} s]\n{table(rows)}")
+        print(f"\n{title}  [{time.perf_counter() - start:.1f} s]\n{study.format_table(rows)}")
 
 
 if __name__ == "__main__":

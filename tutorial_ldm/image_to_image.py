@@ -419,3 +419,48 @@ def hires_study(pipe, prompts=HIRES_PROMPTS, *, n: int = 4, steps: int = 20, see
             right.append(_hits(small, {"colour": scene.colour, "shape": scene.shape, "position": scene.position}))
         rows.append({"method": method, "one_shape": float(np.mean(one)), "adherence": float(np.mean(right))})
     return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of a study as an aligned text table (bench/img2img.py and the chapter print it)."""
+    keys = list(rows[0])
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    widths = [max(len(k), *(len(cell(r[k])) for r in rows)) for k in keys]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+    return "\n".join(lines + ["  ".join(cell(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows])
+
+
+# ----------------------------------------------------------------------------- chapter 7's figures
+# (here until a shared tutorial_ldm.plotting lands on main)
+
+
+def plot_images(images, titles, *, suptitle: str | None = None):
+    """A row of images with a title each; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(1.9 * len(images), 2.2), squeeze=False)
+    for ax, image, title in zip(axes[0], images, titles):
+        ax.imshow(image, cmap="gray" if np.asarray(image).ndim == 2 else None, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_strength_sweep(rows: list[dict]):
+    """Success of the colour change and of the move, and PSNR to the source, against strength."""
+    import matplotlib.pyplot as plt
+
+    strengths = [r["strength"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, label in (("colour", f"colour: “{RECOLOUR}”"), ("move", f"move: “{MOVE}”")):
+        left.plot(strengths, [r[name] for r in rows], "o-", label=label)
+        right.plot(strengths, [r[f"{name}_psnr"] for r in rows], "o-", label=label)
+    left.set(xlabel="strength (denoising)", ylabel="success (share of seeds)", ylim=(-0.05, 1.05),
+             title="what img2img changes")
+    right.set(xlabel="strength (denoising)", ylabel="PSNR to the source (dB)", title="how far it moves away")
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -709,7 +709,9 @@ def sample(
       `guidance > 1` and `uncond` is given (diffusers' rule);
     - generator: None, a torch.Generator or a list of them, one per image (diffusers' `randn_tensor`
       semantics), for the stochastic samplers' fresh noise;
-    - callback(i, n, x, x0) after each step; eta: DDIM's η (ddim only);
+    - callback(i, n, x, x0) after each step; eta: DDIM's η (ddim only). The sampler goes on from
+      the x it showed, so a callback may write into it: inpainting blends the known latents back
+      that way (`image_to_image.inpaint`);
     - init_latents, start_step: img2img. The clean latents (scaled, as the UNet sees them) are
       noised to rung `start_step` of the `steps`-step ladder and sampled from there, as diffusers'
       img2img pipeline does with `img2img_start(steps, strength)`; n is then steps − start_step;

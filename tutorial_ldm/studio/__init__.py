@@ -26,6 +26,7 @@ The package, one idea per module:
     render.py    pure functions: values in, HTML out
     controls.py  number boxes that keep what was typed, beside their sliders
     job.py       the background job: one lock; start, stop, wait, busy
+    img2img.py   the img2img and inpaint modes, the Hires fix section, "→ img2img" on gallery images
     app.py       the controller: the controls and what each click does
 
 `tutorial_ldm.studio(...)` is this package called like a function (the name teachers know),

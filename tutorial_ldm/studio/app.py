@@ -32,6 +32,7 @@ from ..samplers import A1111_NAMES, SAMPLERS
 from ..settings import MAX_SEED, GenerationSettings, SettingsError, defaults_for, validate
 from . import render
 from .controls import NumberBox, labelled, paired
+from .img2img import ImagePanel
 from .job import Job
 from .messages import explain, explain_load, settings_message, warnings_for
 from .strings import FIELD_LABELS, LANGUAGE_NAMES, STRINGS
@@ -138,6 +139,7 @@ class Studio(w.VBox):
         self.preview = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
         self.preview.add_class(render.PIXELATED)
         self.preview_caption = w.HTML()
+        self.image_panel = ImagePanel(self)  # img2img, inpaint, Hires fix (studio/img2img.py)
         self.gallery = w.GridBox(layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(200px, 1fr))",
                                                  grid_gap="8px"))
         controls = w.VBox([
@@ -147,6 +149,7 @@ class Studio(w.VBox):
             w.HBox([self.seed, self.random_seed_button, self.reuse_seed_button]),
             paired(self.width, self.width_slider), paired(self.height, self.height_slider),
             paired(self.batch_size, self.batch_size_slider), paired(self.batch_count, self.batch_count_slider),
+            self.image_panel,
             w.HBox([self.generate_button, self.stop_button, self.save_button]),
             self.progress, self.status,
         ], layout=w.Layout(width="460px", min_width="360px"))
@@ -188,6 +191,7 @@ class Studio(w.VBox):
             if tip:
                 widget.tooltip = t[tip].format(folder=self._folder() if name == "refresh_button" else self.save_dir)
         self.prompt.placeholder, self.negative_prompt.placeholder = t["prompt_placeholder"], t["negative_placeholder"]
+        self.image_panel.relabel(t)
         if self.model.options:
             self._fill_model_list()
         self._show_weights()
@@ -368,7 +372,8 @@ class Studio(w.VBox):
                 raise BadPrompt(which, e) from None
         s = GenerationSettings(prompt=self.prompt.value, negative_prompt=self.negative_prompt.value,
                                steps=self.steps.value, sampler=self.sampler.value, guidance=self.cfg.value,
-                               seed=self.seed.value, width=self.width.value, height=self.height.value)
+                               seed=self.seed.value, width=self.width.value, height=self.height.value,
+                               **self.image_panel.fields())
         s = validate(s, self.pipe, batch_size=size * count)  # image k of the whole run uses seed + k
         for field, slider in (("width", self.width_slider), ("height", self.height_slider)):
             if getattr(s, field) > slider.max:  # the studio's own cap: 4× the native side
@@ -398,7 +403,8 @@ class Studio(w.VBox):
         self._start(self._generate, settings, size, count)
 
     def _generate(self, settings: GenerationSettings, size: int, count: int) -> None:
-        pipe, steps = self.pipe, settings.steps
+        pipe, steps = self.pipe, self.image_panel.steps_run(settings)
+        run = self.image_panel.runner() or generate  # img2img / inpaint, or text to image
 
         def warnings(lang):  # a function of the language: said again after a language switch
             return warnings_for(pipe, settings, lang)
@@ -414,7 +420,7 @@ class Studio(w.VBox):
                     self._on_step(b, count, i, total, denoised, settings, preview_failed)
 
                 batch = replace(settings, seed=settings.seed + b * size)
-                made = generate(pipe, **batch.generate_kwargs(), batch_size=size, callback=on_step, progress=False)
+                made = run(pipe, **batch.generate_kwargs(), batch_size=size, callback=on_step, progress=False)
                 images += made
                 used += made.settings
         except Interrupted as e:
@@ -480,7 +486,7 @@ class Studio(w.VBox):
                 picture.add_class(render.STALE)
             caption = render.caption(t["settings_of"].format(k=k), image.info.get("parameters", ""),
                                      stale=t["stale"] if stale else None)
-            cells.append(w.VBox([picture, w.HTML(caption)]))
+            cells.append(w.VBox([picture, w.HTML(caption), self.image_panel.send_buttons(image)]))
         self.gallery.children = cells
 
     def _show_weights(self) -> None:

@@ -136,3 +136,25 @@ def test_the_language_switch_relabels_the_new_controls(app):
     assert [label for label, _ in panel.mode.options] == ["文生图", "图生图", "局部重绘"]
     assert panel.hires.description == STRINGS["zh"]["hires"] and panel.strength.description == "重绘幅度"
     assert panel.mode.value == "txt2img"
+
+
+def test_png_info_of_a_hires_image_fills_the_hires_fix_and_makes_it_again(app):
+    panel = app.image_panel
+    panel.hires.value, panel.hires_steps.value, panel.hires_denoising.value = True, 4, 0.5
+    made = click(app)[0]
+    other = studio(shipped_pipe())
+    other.load_png(made)  # the PIL image with its parameters, as PNG Info reads it
+    assert other.image_panel.hires.value and other.image_panel.hires_steps.value == 4
+    assert "Hires steps" in status(other) and "Upscale by" in status(other)
+    assert click(other)[0].tobytes() == made.tobytes()
+
+
+def test_png_info_of_an_inpainted_image_switches_to_inpaint(app):
+    upload(app.image_panel.upload, png(i2i.source_image()), "red.png")
+    app.image_panel.mode.value = "inpaint"
+    app.image_panel.mask_blur.value = 2
+    made = click(app)[0]
+    other = studio(shipped_pipe())
+    other.load_png(made)  # the PIL image with its parameters, as PNG Info reads it
+    assert other.image_panel.mode.value == "inpaint" and other.image_panel.mask_blur.value == 2
+    assert other.image_panel.strength.value == 1.0

@@ -266,6 +266,7 @@ class Studio(w.VBox):
             fields.append("sampler")
         else:
             notes.append(lambda t: t["png_unknown_sampler"].format(sampler=s.sampler))
+        fields += self.image_panel.load_settings(s)  # strength, mask blur, hires fix
         if s.model and self.pipe is not None and s.model != model_name(self.pipe):
             notes.append(lambda t: t["png_model"].format(model=s.model, current=model_name(self.pipe)))
         def read(lang):

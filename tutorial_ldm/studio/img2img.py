@@ -124,6 +124,25 @@ class ImagePanel(w.VBox):
         mask[y: y + self.mask_h.value, x: x + self.mask_w.value] = 255
         return mask
 
+    def load_settings(self, s) -> list[str]:
+        """PNG Info: the image-to-image fields of settings `s` into these controls (the mode too:
+        inpaint for a mask blur, img2img for a strength alone, txt2img for a hires fix); the
+        names of the fields filled."""
+        if s.hires_upscale is not None:
+            self.mode.value, self.hires.value = "txt2img", True
+            self.hires_upscale.value, self.hires_steps.value = s.hires_upscale, s.hires_steps or 0
+            self.hires_upscaler.value = s.hires_upscaler if s.hires_upscaler in UPSCALERS else "Latent"
+            self.hires_denoising.value = s.hires_denoising if s.hires_denoising is not None else DEFAULTS["hires_denoising"]
+            return ["hires_upscale", "hires_steps", "hires_upscaler", "hires_denoising"]
+        if s.strength is None:
+            return []
+        self.mode.value = "img2img" if s.mask_blur is None else "inpaint"
+        self.strength.value = s.strength
+        if s.mask_blur is None:
+            return ["strength"]
+        self.mask_blur.value = s.mask_blur
+        return ["strength", "mask_blur"]
+
     # ----- what Generate does in each mode -----
 
     def fields(self) -> dict:

@@ -243,7 +243,8 @@ def inpaint(
 
     def run(pipe, s, prompts, seeds, callback):
         x = x_in if start == s.steps else _inpaint(pipe, s, prompts, seeds, x_in, binary, start, callback)
-        return pixel_mask * x + (1 - pixel_mask) * x_in  # the final paste-back (A1111's)
+        m, known = pixel_mask.to(x.device), x_in.to(x.device)
+        return m * x + (1 - m) * known  # the final paste-back (A1111's)
 
     return _generate(pipe, s, batch_size, run, s.steps - start, callback=callback, progress=progress,
                      threads=threads)

@@ -59,10 +59,10 @@ def recorder():
     return trace, lambda i, n, x, x0: trace.append(x.clone())
 
 
-def diffusers_trace(kind, pipe, **kwargs):
+def diffusers_trace(kind, pipe, sampler="ddim", **kwargs):
     import diffusers
 
-    stock = getattr(diffusers, kind).from_pipe(pipe, scheduler=to_diffusers("ddim", pipe.scheduler.config))
+    stock = getattr(diffusers, kind).from_pipe(pipe, scheduler=to_diffusers(sampler, pipe.scheduler.config))
     stock.set_progress_bar_config(disable=True)
     trace = []
     cond, uncond = encode_prompts(pipe, PROMPT, NEGATIVE)
@@ -93,23 +93,24 @@ def test_ddim_img2img_equals_diffusers_img2img_pipeline(model):
     assert out[0].size == (64, 64)
 
 
-@pytest.mark.parametrize("arch,strength", [("sd1", 1.0), ("sd1", 0.7), ("sd1-inpainting", 1.0),
-                                           ("sd1-inpainting", 0.7)])
-def test_inpaint_equals_diffusers_inpaint_pipeline(arch, strength):
+@pytest.mark.parametrize("arch,strength,sampler", [
+    ("sd1", 1.0, "ddim"), ("sd1", 0.7, "ddim"), ("sd1-inpainting", 1.0, "ddim"), ("sd1-inpainting", 0.7, "ddim"),
+    ("sd1", 0.7, "euler_a"), ("sd1", 0.7, "dpmpp_2m_karras"), ("shipped", 0.7, "euler")])
+def test_inpaint_equals_diffusers_inpaint_pipeline(arch, strength, sampler):
     """4-channel UNets: the known latents blended back after every step; 9-channel ones: mask and
     masked-image latents as extra channels. Inside the mask the pixels are diffusers' image,
     outside (mask_blur=0) the input's."""
-    pipe = tiny(arch)
+    pipe = shipped_pipe() if arch == "shipped" else tiny(arch)
     assert is_inpainting_model(pipe) == arch.endswith("inpainting")
     mask = left_half_mask()
     trace, callback = recorder()
     out = inpaint(pipe, source(), mask, PROMPT, NEGATIVE, strength=strength, mask_blur=0, seed=5,
-                  sampler="ddim", callback=callback, **FAST)[0]
+                  sampler=sampler, callback=callback, **FAST)[0]
     x = to_tensor(np.asarray(source()))
     binary = torch.from_numpy(mask >= 128)[None, None]
     from PIL import Image
 
-    theirs = diffusers_trace("StableDiffusionInpaintPipeline", pipe, image=encode_latents(pipe, x),
+    theirs = diffusers_trace("StableDiffusionInpaintPipeline", pipe, sampler, image=encode_latents(pipe, x),
                              mask_image=Image.fromarray(mask), strength=strength, height=64, width=64,
                              masked_image_latents=encode_latents(pipe, x * ~binary))
     assert_same_trace(trace, theirs)

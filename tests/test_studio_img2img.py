@@ -158,3 +158,13 @@ def test_png_info_of_an_inpainted_image_switches_to_inpaint(app):
     other.load_png(made)  # the PIL image with its parameters, as PNG Info reads it
     assert other.image_panel.mode.value == "inpaint" and other.image_panel.mask_blur.value == 2
     assert other.image_panel.strength.value == 1.0
+
+
+def test_an_empty_mask_rectangle_has_nothing_to_repaint(app):
+    upload(app.image_panel.upload, png(i2i.source_image()), "red.png")
+    app.image_panel.mode.value = "inpaint"
+    app.image_panel.mask_w.value = 0
+    click(app)
+    assert "nothing to repaint" in status(app) and app.last_images == []
+    app.language = "zh"
+    assert "没有可重绘" in status(app)

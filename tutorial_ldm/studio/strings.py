@@ -213,6 +213,7 @@ IMAGE_STRINGS = {
         "send_img2img": "→ img2img",
         "send_inpaint": "→ inpaint",
         "which_image": "input image",
+        "which_mask": "mask",
         "image_set": "The input image ({width}×{height}) is ready: click Generate.",
         "image_resized": "The input image is {w0}×{h0}; it is used at {width}×{height} (multiples of {f}, "
                          "as A1111 rounds down).",
@@ -246,6 +247,7 @@ IMAGE_STRINGS = {
         "send_img2img": "→ 图生图",
         "send_inpaint": "→ 局部重绘",
         "which_image": "输入图像",
+        "which_mask": "蒙版",
         "image_set": "输入图像（{width}×{height}）已就绪：点击“生成”。",
         "image_resized": "输入图像为 {w0}×{h0}，将按 {width}×{height} 使用（{f} 的倍数，与 A1111 一样向下取整）。",
         "nothing_to_use": "还没有图像：请先点击“生成”，或上传一张。",
@@ -280,6 +282,7 @@ ALLOWED = {
         "hires_upscale": "请使用 {min} 到 {max} 之间的数",
         "mask_blur": "请使用 {min} 到 {max} 之间的整数",
         "image": "请上传一张图像、使用上一张图像，或从图库发送一张",
+        "mask": "请让蒙版包含白色区域（白色表示重绘）：全黑的蒙版没有可重绘的地方",
     },
 }
 # The label a SettingsError's `field` has in the studio (a key of STRINGS).
@@ -288,4 +291,4 @@ FIELD_LABELS = {"prompt": "which_prompt", "negative_prompt": "which_negative", "
                 "height": "height", "size": "size", "batch_size": "batch_size", "batch_count": "batch_count",
                 "strength": "strength", "mask_blur": "mask_blur", "hires_upscale": "hires_upscale",
                 "hires_steps": "hires_steps", "hires_upscaler": "hires_upscaler",
-                "hires_denoising": "hires_denoising", "image": "which_image"}
+                "hires_denoising": "hires_denoising", "image": "which_image", "mask": "which_mask"}

@@ -18,6 +18,8 @@ in `image.info["parameters"]` (A1111's format, written into the PNG by `save_ima
 `generate_many` makes one image per prompt of a list, as numpy arrays or PIL images, optionally
 from given starting noise: what benchmarks, tests and the guidance sweep need. Both take their
 defaults from `settings.defaults_for(pipe)` and check through `settings.validate`.
+`sampler_for(pipe.scheduler)` names our sampler that equals a diffusers scheduler, so that code
+written for the stock pipeline (`guidance.generate_batch`) gets the same pixels through here.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def generate(
     callback(i, total, x, denoised): after every step, e.g. to drive a UI's progress bar or
         preview `denoised` (the current prediction of the clean latents).
     progress: a tqdm bar; None shows it only once sampling has taken more than 2 s.
-    threads: torch threads on the CPU (default `devices.cpu_threads()`: the free cores); the last
+    threads: torch threads on the CPU (default `devices.cpu_threads(pipe.unet)`: chosen for the model, never for the load); the last
         bit of a float, and so rarely one level of a pixel, can depend on it.
     Bad settings raise `SettingsError` (a ValueError naming the field) before any work.
     """
@@ -171,7 +171,7 @@ def generate(
             callback(i, total, x, denoised)
 
     try:
-        with cpu_threads_for(pipe._execution_device, threads):
+        with cpu_threads_for(pipe._execution_device, threads, pipe.unet):
             x = _sample_and_decode(pipe, s, [s.prompt] * batch_size, seeds, callback=on_step)
     finally:
         bar.close()
@@ -229,7 +229,7 @@ def generate_many(
     bar = tqdm(total=len(prompts), desc="generating", unit="image",
                disable=progress is False, delay=PROGRESS_DELAY if progress is None else 0)
     try:
-        with cpu_threads_for(pipe._execution_device, threads):
+        with cpu_threads_for(pipe._execution_device, threads, pipe.unet):
             for i in range(0, len(prompts), batch):
                 part = slice(i, i + batch)
                 x = _sample_and_decode(pipe, s, prompts[part], [u.seed for u in used[part]],

@@ -9,12 +9,18 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, train
+    _quiet_libraries()
+    from .train import TrainConfig, check_run, train
 
     cfg = TrainConfig(seed=args.seed)
-    for name in ("vae_steps", "unet_steps", "n_latents", "threads"):
+    for name in ("vae_steps", "unet_steps", "n_latents", "threads", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    try:
+        check_run(args.run_dir, cfg, args.export)
+    except (ValueError, OSError) as e:  # bad input: one line, no traceback
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     train(args.run_dir, cfg, export_to=args.export)
     return 0
 
@@ -72,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-latents", type=int, default=None)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: every core; 1 is faster when other jobs share the CPU)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints (default 250); a rerun resumes from the last one")
+    p.error = lambda message: p.exit(2, f"error: {message}\n")
     p.set_defaults(func=_train)
 
     from .generation import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS

@@ -284,3 +284,27 @@ def test_warmup_cosine_schedule():
     f = T.warmup_cosine(10, 110, floor=0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(110) == pytest.approx(0.1) and 0.1 < f(60) < 1.0
+
+
+def test_bilingual_recipe_trains_on_both_languages_and_exports_a_stock_pipeline(tmp_path):
+    from tutorial_ldm.prompts import encode_weighted
+
+    model_cfg = T.TinyLDMConfig(**{**TOY_MODEL.__dict__, "languages": ("en", "zh")})
+    cfg = T.TrainConfig(**TOY)
+    pipe = T.train(tmp_path / "run", cfg, model_cfg, export_to=tmp_path / "pipe")
+    latents = {"means": torch.zeros(32, 1), "stds": torch.zeros(32, 1), "scaling_factor": 1.0,
+               "captions": json.loads((tmp_path / "run" / "latents.json").read_text())["captions"]}
+    table = T.caption_table(cfg, model_cfg, latents)
+    assert table[32:64] == T.world.chinese_captions(latents["captions"], cfg.seed)
+    chosen = torch.cat([T.denoiser_batch(cfg, model_cfg, latents, s)[3] for s in range(50)])
+    chinese = ((chosen >= 32) & (chosen < 64)).float().mean()
+    assert 0.3 < chinese < 0.6  # about half of the captions (less the 10 % dropout) in Chinese
+
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    prompt = "左边有一个红色的圆形"
+    assert loaded.tokenizer.unk_token_id not in loaded.tokenizer(prompt).input_ids
+    with torch.no_grad():  # diffusers' own path and ours segment the same way
+        theirs = loaded.encode_prompt(prompt, "cpu", 1, False)[0]
+        ours = encode_weighted(loaded.tokenizer, loaded.text_encoder, prompt)
+    torch.testing.assert_close(ours, theirs)
+    assert pipe.tokenizer(prompt).input_ids == loaded.tokenizer(prompt).input_ids

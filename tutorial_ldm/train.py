@@ -372,18 +372,29 @@ def measure_scaling_factor(means: torch.Tensor, stds: torch.Tensor, seed: int = 
 
 
 def denoiser_batch(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict, step: int):
-    """Step `step`'s draw for Eq. 3: (z0, ε, t, which caption) per sample, caption dropout applied
-    as the index -1 (the empty prompt). z0 is a posterior sample, scaled to unit variance."""
+    """Step `step`'s draw for Eq. 3: (z0, ε, t, caption) per sample. z0 is a posterior sample,
+    scaled to unit variance; the caption is an index into `caption_table`: the latent's English
+    caption, or (with "zh", half the time) its Chinese one, or -1, the empty prompt (dropout)."""
     rng = step_rng(cfg.seed, 2, step)
     gen = step_generator(cfg.seed, 2, step)
     means, stds, scale = latents["means"], latents["stds"], latents["scaling_factor"]
     idx = torch.from_numpy(rng.integers(len(means), size=cfg.unet_batch))
-    captions = torch.where(torch.from_numpy(rng.random(cfg.unet_batch) < cfg.caption_dropout),
-                           -1, idx)
+    dropped = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.caption_dropout)
     z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, model_cfg.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-    return z0, noise, t, captions
+    captions = idx
+    if "zh" in model_cfg.languages:
+        captions = idx + len(means) * torch.from_numpy(rng.random(cfg.unet_batch) < 0.5)
+    return z0, noise, t, torch.where(dropped, -1, captions)
+
+
+def caption_table(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict) -> list[str]:
+    """The captions `denoiser_batch` indexes: English, then Chinese (with "zh"), then ""."""
+    chinese = []
+    if "zh" in model_cfg.languages:
+        chinese = world.chinese_captions(latents["captions"], cfg.seed)
+    return [*latents["captions"], *chinese, ""]
 
 
 def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, latents: dict,
@@ -399,8 +410,7 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     schedule = warmup_cosine(cfg.warmup, cfg.unet_steps)
-    # every caption's token ids, and the empty prompt's last (index -1: caption dropout)
-    all_ids = tokenizer([*latents["captions"], ""], padding="max_length",
+    all_ids = tokenizer(caption_table(cfg, model_cfg, latents), padding="max_length",
                         max_length=model_cfg.max_tokens, truncation=True,
                         return_tensors="pt").input_ids
 

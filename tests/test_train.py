@@ -308,3 +308,23 @@ def test_bilingual_recipe_trains_on_both_languages_and_exports_a_stock_pipeline(
         ours = encode_weighted(loaded.tokenizer, loaded.text_encoder, prompt)
     torch.testing.assert_close(ours, theirs)
     assert pipe.tokenizer(prompt).input_ids == loaded.tokenizer(prompt).input_ids
+
+
+def test_every_setting_belongs_to_one_stage_or_to_none():
+    from dataclasses import fields
+
+    recipes = T.stage_recipes(T.TrainConfig(), T.TinyLDMConfig())
+    names = [f.name for f in (*fields(T.TrainConfig), *fields(T.TinyLDMConfig))]
+    for name in names:
+        assert (name in T.NOT_RECIPE) != (name in recipes["denoiser"]), name
+    # what the autoencoder reads is in its recipe, and what only the denoiser reads is not
+    assert {"vae_steps", "edge_weight", "kl_weight", "vae_channels", "seed"} <= set(recipes["autoencoder"])
+    assert not {"unet_steps", "languages", "n_latents"} & set(recipes["autoencoder"])
+    assert recipes["latents"] == {**recipes["autoencoder"], "n_latents": 24_000}
+
+
+def test_edge_loss_is_zero_for_a_perfect_copy_and_sees_a_blurred_corner():
+    x = torch.from_numpy(T.world.render_batch(T.world.sample_scenes(2, seed=0)))
+    blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    assert T.edge_loss(x, x) == 0
+    assert T.edge_loss(blurred, x) > 0.01

@@ -3,9 +3,10 @@ each measured by the analyzer after the round trip (the ceiling an autoencoder p
 adherence).
 
     python bench/autoencoder_variants.py [--steps 500] [--variants baseline edge1] [--threads 1]
+    python bench/autoencoder_variants.py --finetune --steps 150 --lr 2e-4   # on from the shipped one
 
-Each variant trains from scratch with the shipped recipe's stage 1 (`train.train_autoencoder`,
-resumable from --run-dir), then encodes and decodes 500 scenes of the model card's set
+Each variant trains from scratch (or, with --finetune, on from the shipped autoencoder) with the
+shipped recipe's stage 1 (`train.train_autoencoder`, resumable from --run-dir), then encodes and decodes 500 scenes of the model card's set
 (seed 2024) and 500 fresh ones (seed 7) and prints the analyzer's accuracy, and the shape
 errors by (true shape, size) so one sees which shapes the autoencoder blurs.
 """
@@ -48,16 +49,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--finetune", action="store_true", help="start from assets/tiny-ldm/vae")
+    parser.add_argument("--lr", type=float, default=TrainConfig.vae_lr)
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "autoencoder-variants")
     args = parser.parse_args()
 
+    from diffusers import AutoencoderKL
+
     torch.set_num_threads(args.threads)
+    shipped = AutoencoderKL.from_pretrained(ROOT / "assets" / "tiny-ldm" / "vae").eval()
+    if args.finetune:
+        for seed in (2024, 7):
+            scores, errors = round_trip_scores(shipped, seed)
+            print(f"{'shipped':<9} scenes seed {seed}: shape {100 * scores['shape']:5.1f}%  "
+                  f"shape errors {dict(errors)}", flush=True)
     for name in args.variants:
         train_changes, model_changes = VARIANTS[name]
-        cfg = TrainConfig(vae_steps=args.steps, checkpoint_every=50, **train_changes)
-        run_dir = args.run_dir / f"{name}-{args.steps}"
+        cfg = TrainConfig(vae_steps=args.steps, vae_lr=args.lr, checkpoint_every=50, **train_changes)
+        run_dir = args.run_dir / f"{name}-{args.steps}{'-finetune' if args.finetune else ''}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        vae, log = train_autoencoder(cfg, TinyLDMConfig(**model_changes), run_dir)
+        vae, log = train_autoencoder(cfg, TinyLDMConfig(**model_changes), run_dir,
+                                     start_from=shipped if args.finetune else None)
         vae.eval()
         for seed in (2024, 7):
             scores, errors = round_trip_scores(vae, seed)

@@ -139,6 +139,7 @@ def recipe_changes(old: dict | None, new: dict) -> str:
     """"vae_steps 400 → 2400, n_latents 512 → 1024": what differs between two recipes."""
     if old is None:
         return "no recipe recorded"
+
     def short(value):  # a sha256 is recognisable by its first digits
         text = "(unset)" if value is None else str(value)
         return text[:12] + "…" if len(text) > 24 else text
@@ -162,12 +163,13 @@ def write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     _remove(tmp)
     write(tmp)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)  # os.replace cannot rename over a non-empty folder
+    if path.is_dir():
+        _remove(path)  # os.replace cannot rename over a non-empty folder
     os.replace(tmp, path)
 
 
 def _remove(path: Path) -> None:
+    """Delete a file, a folder or a link (not what it points to), if there is one."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -331,10 +333,13 @@ def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
 
 
-def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path):
+def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None):
+    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`."""
     device = default_device()
     torch.manual_seed(cfg.seed)
     vae = build_autoencoder(model_cfg).to(device)
+    if start_from is not None:
+        vae.load_state_dict(start_from.state_dict())
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     schedule = warmup_cosine(100, cfg.vae_steps)
     photos = photo_bank(device)

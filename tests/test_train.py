@@ -328,3 +328,16 @@ def test_edge_loss_is_zero_for_a_perfect_copy_and_sees_a_blurred_corner():
     blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     assert T.edge_loss(x, x) == 0
     assert T.edge_loss(blurred, x) > 0.01
+
+
+def test_contrast_weighting_favours_low_contrast_scenes_and_is_off_by_default():
+    low = T.world.Scene("triangle", "orange", "on the left", "small", "red")
+    high = T.world.Scene("triangle", "orange", "on the left", "small", "black")
+    assert T.contrast_weight(low) > 1.5 > 0.8 > T.contrast_weight(high)
+    photos = [torch.zeros(3, 96, 96)]
+    eight = {**TOY, "vae_batch": 8}  # 7 scenes and 1 photo crop
+    _, plain = T.autoencoder_batch(T.TrainConfig(**eight), 0, photos, "cpu")
+    assert torch.equal(plain, torch.ones(8))
+    _, weighted = T.autoencoder_batch(T.TrainConfig(**eight, contrast_weighting=True), 0, photos,
+                                      "cpu")
+    assert weighted[-1] == 1.0 and not torch.equal(weighted, plain)  # photos keep weight 1

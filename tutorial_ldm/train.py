@@ -69,6 +69,9 @@ class TrainConfig:
     # L1 between the images' finite differences: keeps edges and corners (a triangle's apex)
     # sharp; 0 in the first edition, whose blurred small triangles read as circles
     edge_weight: float = 0.0
+    # weigh each world image's reconstruction error by 1 / (shape-background colour distance),
+    # so that low-contrast pairs (orange on red) are reconstructed as sharply as high-contrast ones
+    contrast_weighting: bool = False
     # latents cached from the frozen autoencoder
     n_latents: int = 24_000
     # stage 2: text encoder + UNet
@@ -86,7 +89,7 @@ class TrainConfig:
 # configs belongs to the denoiser. These settings change how a run goes, not what it makes.
 NOT_RECIPE = ("checkpoint_every", "log_every", "threads")
 AUTOENCODER_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "photo_fraction",
-                      "edge_weight", "vae_channels", "vae_layers_per_block", "latent_channels")
+                      "edge_weight", "contrast_weighting", "vae_channels", "vae_layers_per_block", "latent_channels")
 LATENT_FIELDS = ("n_latents",)
 
 # field -> (smallest allowed value, what is allowed): one home for the recipe's bounds
@@ -314,7 +317,20 @@ def photo_bank(device) -> list[torch.Tensor]:
     return bank
 
 
-def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device) -> torch.Tensor:
+# Contrast weighting: weight = CONTRAST_REFERENCE / (RGB distance of shape and background), at most
+# MAX_CONTRAST_WEIGHT; white and black backgrounds are ~250-350 away, orange on red ~110.
+CONTRAST_REFERENCE = 200.0
+MAX_CONTRAST_WEIGHT = 4.0
+
+
+def contrast_weight(scene: world.Scene) -> float:
+    distance = np.linalg.norm(np.subtract(world.COLOURS[scene.colour],
+                                          world.BACKGROUNDS[scene.background]))
+    return float(min(MAX_CONTRAST_WEIGHT, CONTRAST_REFERENCE / distance))
+
+
+def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device):
+    """Step `step`'s images (world scenes, then photo crops) and each one's loss weight."""
     rng = step_rng(cfg.seed, 1, step)
     n_photos = round(cfg.photo_fraction * cfg.vae_batch)
     scenes = world.sample_scenes(cfg.vae_batch - n_photos, int(rng.integers(2**31)))
@@ -324,7 +340,8 @@ def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device) -> torc
         y = rng.integers(img.shape[1] - world.IMAGE_SIZE + 1)
         x = rng.integers(img.shape[2] - world.IMAGE_SIZE + 1)
         batch.append(img[None, :, y:y + world.IMAGE_SIZE, x:x + world.IMAGE_SIZE])
-    return torch.cat(batch)
+    weights = [contrast_weight(s) if cfg.contrast_weighting else 1.0 for s in scenes]
+    return torch.cat(batch), torch.tensor(weights + [1.0] * n_photos, device=device)
 
 
 def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -345,13 +362,15 @@ def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path,
     photos = photo_bank(device)
 
     def loss_at_step(step):
-        x = autoencoder_batch(cfg, step, photos, device)
+        x, weights = autoencoder_batch(cfg, step, photos, device)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=step_generator(cfg.seed, 1, step)).to(device)
         recon = vae.decode(z).sample
         kl = posterior.kl().mean()  # summed over latent elements, averaged over the batch
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * kl
+        error = (recon - x).flatten(1)
+        per_image = error.abs().mean(1) + error.pow(2).mean(1)  # L1 + MSE
+        loss = (weights * per_image).mean() + cfg.kl_weight * kl
         if cfg.edge_weight:
             loss = loss + cfg.edge_weight * edge_loss(recon, x)
         return loss

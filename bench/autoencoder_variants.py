@@ -21,10 +21,9 @@ import torch
 
 from tutorial_ldm import metrics, world
 from tutorial_ldm.autoencoder import decode, encode, to_images
+from tutorial_ldm.paths import REPO_ROOT, SHIPPED_MODEL
 from tutorial_ldm.tiny_model import TinyLDMConfig
 from tutorial_ldm.train import TrainConfig, train_autoencoder
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (changes to TrainConfig, changes to TinyLDMConfig)
 VARIANTS = {
@@ -53,13 +52,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--finetune", action="store_true", help="start from assets/tiny-ldm/vae")
     parser.add_argument("--lr", type=float, default=TrainConfig.vae_lr)
-    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "autoencoder-variants")
+    parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "runs" / "autoencoder-variants")
     args = parser.parse_args()
 
     from diffusers import AutoencoderKL
 
     torch.set_num_threads(args.threads)
-    shipped = AutoencoderKL.from_pretrained(ROOT / "assets" / "tiny-ldm" / "vae").eval()
+    shipped = AutoencoderKL.from_pretrained(SHIPPED_MODEL / "vae").eval()
     if args.finetune:
         for seed in (2024, 7):
             scores, errors = round_trip_scores(shipped, seed)

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import world
+from .devices import default_device
 from .noise_schedule import NoiseSchedule
 from .tiny_model import (
     TinyLDMConfig,
@@ -190,10 +191,6 @@ def file_digest(path: Path) -> str:
 
 # A cache that fails to load with one of these is damaged (truncated, missing a part, not JSON).
 DAMAGED = (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def step_rng(seed: int, stage: int, step: int) -> np.random.Generator:

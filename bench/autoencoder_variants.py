@@ -31,7 +31,7 @@ VARIANTS = {
     "edge1": ({"edge_weight": 1.0}, {}),
     "edge4": ({"edge_weight": 4.0}, {}),
     "contrast": ({"contrast_weighting": True}, {}),
-    "contrast+edge1": ({"contrast_weighting": True, "edge_weight": 1.0}, {}),
+    "contrast+edge4": ({"contrast_weighting": True, "edge_weight": 4.0}, {}),
     "wide": ({}, {"vae_channels": (64, 64, 64)}),
 }
 

@@ -1,5 +1,6 @@
 """The chapters' figures: what they draw, checked on the Figure (Agg backend, nothing shown)."""
 
+import io
 import json
 from pathlib import Path
 
@@ -102,3 +103,25 @@ def test_showing_under_agg_closes_the_figure():
     before = len(plt.get_fignums())
     assert P.show_images([np.zeros((2, 2, 3), np.uint8)], ["x"]) is None
     assert len(plt.get_fignums()) == before
+
+
+def test_explorer_redraws_when_a_control_moves():
+    import ipywidgets as widgets
+
+    slider = widgets.IntSlider(value=0, min=0, max=255)
+    menu = widgets.Dropdown(options=["grey", "red"], value="grey")
+
+    def render(level, colour):
+        image = np.full((4, 4, 3), level, np.uint8)
+        if colour == "red":
+            image[..., 1:] = 0
+        return image, f"level {level}, {colour}"
+
+    box = P.explorer(render, {"level": slider, "colour": menu}, size=16)
+    first = box.view.value
+    assert box.caption.value == "level 0, grey" and Image.open(io.BytesIO(first)).size == (16, 16)
+    slider.value = 200
+    assert box.view.value != first and box.caption.value == "level 200, grey"
+    menu.value = "red"
+    assert box.caption.value == "level 200, red"
+    assert list(box.children[:2]) == [slider, menu]

@@ -8,6 +8,7 @@
                                          perceptual colour map, one shared scale, one colour bar
     draw_unet(config)                    the UNet's levels and skip connections, from its config
     draw_flow(boxes)                     a flow of labelled boxes: blocks, training vs. sampling
+    explorer(render, controls)           an image that redraws when a slider or menu moves
 
 Images may be PIL images, uint8 H×W×3 arrays, float H×W×3 arrays in [0, 1], or torch tensors
 3×H×W in [−1, 1] (the range diffusion works in). Small images are drawn with sharp pixels.
@@ -18,7 +19,8 @@ Every function draws one figure and shows it; with `show=False` it returns the F
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from io import BytesIO
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,6 +38,37 @@ def as_image(image) -> np.ndarray:
     if array.ndim != 3 or array.shape[-1] not in (3, 4):
         raise ValueError(f"an image must be H×W×3 (or a 3×H×W tensor); got shape {array.shape}")
     return array
+
+
+def png(image, size: int) -> bytes:
+    """An image as PNG bytes, enlarged to size×size with sharp pixels (for an ipywidgets.Image)."""
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.fromarray(as_image(image)).resize((size, size), Image.NEAREST).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def explorer(render: Callable, controls: Mapping, *, size: int = 256):
+    """An interactive picture: `controls` are ipywidgets (sliders, menus) by name; whenever one
+    moves, `render(**values)` is called and its image — or (image, caption) — is shown.
+    Returns the widget box; its `.view` and `.caption` are the image and the caption widgets."""
+    import ipywidgets as widgets
+
+    view = widgets.Image(format="png", width=size, height=size)
+    caption = widgets.HTML()
+
+    def redraw(_=None):
+        out = render(**{name: control.value for name, control in controls.items()})
+        image, text = out if isinstance(out, tuple) else (out, "")
+        view.value, caption.value = png(image, size), text
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([*controls.values(), view, caption])
+    box.view, box.caption = view, caption
+    return box
 
 
 def _finish(fig, show: bool):

@@ -63,7 +63,10 @@ def test_bad_input_one_line_no_traceback_no_file(tmp_path, args, message):
     (["--cfg", "nan"], "error: guidance=nan must be a finite number ≥ 0"),
     (["--seed", str(2**32)], "error: seed=4294967296 must be -1 (random)"),
     (["--batch-size", "0"], "error: batch_size=0 must be an integer ≥ 1"),
-    (["--sampler", "magic"], "error: unknown sampler 'magic'"),
+    (["--sampler", "magic"], "error: sampler='magic' must be one of ddpm, ddim"),
+    (["--width", "4096", "--height", "4096"], "error: size='4096x4096' must be at most 16× the model's native"),
+    (["--device", "meta"], "error: device='meta' must be a device that computes"),
+    (["--device", "xla"], "error: "),
     (["--out", "out.jpg"], "error: --out out.jpg: images are saved as .png"),
 ])
 def test_more_bad_inputs_in_process(tmp_path, monkeypatch, capsys, args, message):
@@ -84,3 +87,32 @@ def test_batch_gets_numbered_files(tmp_path, monkeypatch, capsys):
                  "--out", "shapes/sq.png"]) == 0
     assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == ["sq-0.png", "sq-1.png"]
     assert [read_parameters(tmp_path / "shapes" / f"sq-{k}.png").seed for k in (0, 1)] == [9, 10]
+
+
+def test_existing_out_is_refused_unless_overwrite(tmp_path, monkeypatch, capsys):
+    """Was: replaced silently."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out.png").write_bytes(b"my earlier image")
+    assert main(["generate", "a blue square", "--steps", "1", "--out", "out.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --out: out.png exists; pass --overwrite to replace it"]
+    assert (tmp_path / "out.png").read_bytes() == b"my earlier image"
+    (tmp_path / "b-1.png").write_bytes(b"")
+    assert main(["generate", "a blue square", "--steps", "1", "--batch-size", "2", "--out", "b.png"]) == 2
+    assert "b-1.png exists" in capsys.readouterr().err and not (tmp_path / "b-0.png").exists()
+    assert main(["generate", "a blue square", "--steps", "1", "--seed", "3", "--out", "out.png", "--overwrite"]) == 0
+    assert read_parameters(tmp_path / "out.png").seed == 3
+
+
+def test_cli_generate_and_studio_defaults_agree(tmp_path, monkeypatch, capsys):
+    """No option given: the model's own defaults (CFG 5 for the shipped model), as generate() uses."""
+    from tutorial_ldm.settings import defaults_for
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "a blue square", "--seed", "4", "--steps", "2"]) == 0
+    printed = capsys.readouterr().out.strip()
+    cli = read_parameters(tmp_path / "out.png")
+    d = defaults_for(shipped_pipe())
+    assert printed == "out.png  (seed 4)"
+    assert (cli.guidance, cli.sampler, cli.width, cli.height) == (d.guidance, d.sampler, d.width, d.height)
+    assert generate(shipped_pipe(), "a blue square", seed=4, steps=2, progress=False).settings[0] == cli

@@ -8,11 +8,12 @@ import pytest
 import torch
 from tiny_sd import shipped_pipe, tiny_sd_files
 
-from tutorial_ldm.generation import decode, generate, native_size, vae_factor
+from tutorial_ldm.generation import decode, generate, generate_many, initial_noise, native_size, vae_factor
 from tutorial_ldm.loading import load_pipeline
 from tutorial_ldm.parameters import read_parameters, save_image
 from tutorial_ldm.prompts import encode_prompts
 from tutorial_ldm.samplers import to_diffusers
+from tutorial_ldm.settings import GenerationSettings, SettingsError, defaults_for
 
 PROMPT, NEGATIVE = "a red circle on the left", "(blue:1.3) background"
 FAST = dict(steps=2, guidance=5.0, progress=False)
@@ -122,29 +123,124 @@ def test_unbalanced_brackets_apply_to_the_end():
 
 # --- inputs that are refused, before any work --------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(prompt="(a:1.2.3)"), ValueError, r"weight '1\.2\.3'.*not a number"),
-    (dict(width=63), ValueError, r"width=63 must be a positive multiple of 4"),
-    (dict(height=0), ValueError, r"height=0 must be a positive multiple of 4"),
-    (dict(width=64.0), ValueError, r"width=64\.0 must be a positive multiple"),
-    (dict(steps=0), ValueError, r"steps=0 must be an integer from 1 to 1000"),
-    (dict(steps=10000), ValueError, r"steps=10000 must be an integer from 1 to 1000"),
-    (dict(guidance=math.nan), ValueError, r"guidance=nan must be a finite number ≥ 0"),
-    (dict(guidance=-1.0), ValueError, r"guidance=-1\.0 must be a finite number ≥ 0"),
-    (dict(guidance=math.inf), ValueError, r"guidance=inf must be a finite number"),
-    (dict(seed=2**32), ValueError, r"seed=4294967296 must be -1 \(random\) or an integer from 0 to 4294967295"),
-    (dict(seed=2**32 - 1, batch_size=2), ValueError, r"seed=4294967295 must be .* from 0 to 4294967294"),
-    (dict(seed=-2), ValueError, r"seed=-2 must be -1"),
-    (dict(batch_size=0), ValueError, r"batch_size=0 must be an integer ≥ 1"),
-    (dict(sampler="DPM++ SDE"), ValueError, r"unknown sampler 'DPM\+\+ SDE'; allowed: .*euler_a"),
-    (dict(prompt=None), TypeError, r"prompt must be a string"),
+@pytest.mark.parametrize("kwargs, field, message", [
+    (dict(prompt="(a:1.2.3)"), None, r"weight '1\.2\.3'.*not a number"),
+    (dict(width=63), "width", r"width=63 must be a positive multiple of 4"),
+    (dict(height=0), "height", r"height=0 must be a positive multiple of 4"),
+    (dict(width=64.0), "width", r"width=64\.0 must be a positive multiple"),
+    (dict(steps=0), "steps", r"steps=0 must be an integer from 1 to 1000"),
+    (dict(steps=10000), "steps", r"steps=10000 must be an integer from 1 to 1000"),
+    (dict(guidance=math.nan), "guidance", r"guidance=nan must be a finite number ≥ 0"),
+    (dict(guidance=-1.0), "guidance", r"guidance=-1\.0 must be a finite number ≥ 0"),
+    (dict(guidance=math.inf), "guidance", r"guidance=inf must be a finite number"),
+    (dict(seed=2**32), "seed", r"seed=4294967296 must be -1 \(random\) or an integer from 0 to 4294967295"),
+    (dict(seed=2**32 - 1, batch_size=2), "seed", r"seed=4294967295 must be .* from 0 to 4294967294"),
+    (dict(seed=-2), "seed", r"seed=-2 must be -1"),
+    (dict(batch_size=0), "batch_size", r"batch_size=0 must be an integer ≥ 1"),
+    (dict(sampler="DPM++ SDE"), "sampler", r"sampler='DPM\+\+ SDE' must be one of .*euler_a"),
+    (dict(prompt=None), "prompt", r"prompt=None must be a string"),
+    (dict(width=4096, height=4096), "size", r"size='4096x4096' must be at most 16× the model's native 64×64 "
+                                            r"pixels on cpu \(e\.g\. 256×256\) \(4096× the native pixels; "
+                                            r"estimated 1\.68e\+07× the attention work"),
 ])
-def test_bad_input_is_refused_before_sampling(kwargs, error, message):
+def test_bad_input_is_refused_before_sampling(kwargs, field, message):
     calls = []
+    pipe = shipped_pipe()
+    hooks = [m.register_forward_hook(lambda *a: calls.append("ran")) for m in (pipe.unet, pipe.text_encoder)]
     args = {"prompt": PROMPT, "seed": 1, **FAST, **kwargs, "callback": lambda *a: calls.append(a)}
-    with pytest.raises(error, match=message):
-        generate(shipped_pipe(), **args)
-    assert calls == []
+    try:
+        with pytest.raises(ValueError, match=message) as error:
+            generate(pipe, **args)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == []  # nothing encoded, nothing sampled
+    if field is not None:
+        assert isinstance(error.value, SettingsError) and error.value.field == field
+
+
+def test_4096_squared_on_the_cpu_is_refused_at_once():
+    """Was: still in step 1 after 180 s at 2 GB. Now refused before the text encoder runs, with
+    the numbers: the pixel ratio, the attention ratio and the memory estimate."""
+    pipe = shipped_pipe()
+    with pytest.raises(SettingsError) as error:
+        generate(pipe, "a red circle", steps=1, width=4096, height=4096, progress=False)
+    assert error.value.field == "size" and error.value.limits["max_ratio"] == 16
+    assert re.search(r"≥ [\d.]+ GiB of activations", str(error.value))
+    assert generate(pipe, PROMPT, seed=1, width=256, height=256, **{**FAST, "steps": 1})[0].size == (256, 256)
+
+
+def test_a_callback_that_is_not_callable_is_refused_before_the_prompt_is_encoded():
+    pipe = shipped_pipe()
+    ran = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *a: ran.append(1))
+    try:
+        with pytest.raises(SettingsError, match=r"callback='x' must be None or a function") as error:
+            generate(pipe, PROMPT, callback="x", **FAST)
+    finally:
+        hook.remove()
+    assert ran == [] and error.value.field == "callback"
+
+
+# --- what generate hands back, and its defaults --------------------------------------------------
+
+def test_settings_come_back_as_objects_with_the_seed_resolved():
+    pipe = shipped_pipe()
+    images = generate(pipe, PROMPT, NEGATIVE, seed=-1, batch_size=2, **FAST)
+    assert isinstance(images, list) and len(images.settings) == 2
+    first, second = images.settings
+    assert isinstance(first, GenerationSettings) and 0 <= first.seed < 2**32 and second.seed == first.seed + 1
+    assert [read_parameters(im) for im in images] == images.settings
+
+
+def test_none_means_the_models_defaults():
+    pipe = shipped_pipe()
+    d = defaults_for(pipe)
+    assert (d.guidance, d.steps, d.sampler, d.width, d.height) == (5.0, 25, "euler_a", 64, 64)
+    image = generate(pipe, PROMPT, seed=3, steps=2, progress=False)
+    assert image.settings[0].guidance == 5.0
+    explicit = generate(pipe, PROMPT, seed=3, steps=2, guidance=5.0, sampler="euler_a", width=64, height=64,
+                        progress=False)
+    assert np.array_equal(pixels(image[0]), pixels(explicit[0]))
+
+
+def test_windows_line_breaks_are_recorded_as_they_are_encoded():
+    pipe = shipped_pipe()
+    windows = generate(pipe, "a red circle\r\non the left", seed=2, **FAST)
+    unix = generate(pipe, "a red circle\non the left", seed=2, **FAST)
+    assert windows.settings[0].prompt == "a red circle\non the left"
+    assert np.array_equal(pixels(windows[0]), pixels(unix[0]))
+
+
+def test_generate_many_is_generate_per_prompt_and_takes_fixed_noise():
+    pipe = shipped_pipe()
+    prompts = ["a red circle on the left", "a (blue:1.2) square at the top", "a green triangle"]
+    many = generate_many(pipe, prompts, seed=10, steps=2, output="numpy", batch_size=2, progress=False)
+    assert [s.seed for s in many.settings] == [10, 11, 12] and [s.prompt for s in many.settings] == prompts
+    for i, prompt in enumerate(prompts):
+        alone = generate(pipe, prompt, seed=10 + i, steps=2, progress=False)[0]
+        assert np.abs(pixels(alone) - many[i].astype(int)).max() <= 1  # batched vs alone: float rounding
+    noise, _ = initial_noise([10, 11, 12], (4, 16, 16))
+    fixed = generate_many(pipe, prompts, seed=10, steps=2, output="numpy", noise=noise, batch_size=2,
+                          progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(many, fixed))
+    other = generate_many(pipe, prompts, seed=10, steps=2, output="numpy", noise=noise.flip(0),
+                          batch_size=2, progress=False)
+    assert not np.array_equal(other[0], many[0])
+    pil = generate_many(pipe, prompts[:1], seed=10, steps=2, progress=False)
+    assert read_parameters(pil[0]) == pil.settings[0]
+    with pytest.raises(SettingsError, match=r"noise=\(1, 4, 16, 16\) must be None or a tensor of shape \(3, 4, 16, 16\)"):
+        generate_many(pipe, prompts, noise=noise[:1], progress=False)
+    with pytest.raises(SettingsError, match=r"output='png' must be one of 'pil', 'numpy'"):
+        generate_many(pipe, prompts, output="png")
+
+
+def test_cpu_thread_count_is_restored(monkeypatch):
+    before = torch.get_num_threads()
+    seen = []
+    generate(shipped_pipe(), PROMPT, seed=1, threads=1, callback=lambda *a: seen.append(torch.get_num_threads()),
+             **{**FAST, "steps": 1})
+    assert seen == [1] and torch.get_num_threads() == before
 
 
 # --- the fp16 NaN guard --------------------------------------------------------------------------

@@ -64,6 +64,51 @@ def test_negative_prompt_replaces_the_empty_prompt(pipe):
     assert not np.array_equal(default[0], other[0])
 
 
+def stock_generate_batch(pipe, prompts, guidance_scale, seed=0, steps=20, negative_prompt=None):
+    """generate_batch as it was: the stock pipeline with the pipeline's own scheduler."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
+               negative_prompt=negative, generator=generators, output_type="np").images
+    return list((out * 255).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "EulerAncestralDiscreteScheduler",
+                                       "DPMSolverMultistepScheduler"])
+@pytest.mark.parametrize("guidance, negative", [(5.0, None), (1.0, None), (4.0, "red")])
+def test_generate_batch_gives_the_stock_pipelines_images(pipe, scheduler, guidance, negative):
+    """Through generate_many with the sampler that equals the pipeline's scheduler: the same pixels."""
+    import diffusers
+
+    from tutorial_ldm.generation import sampler_for
+
+    prompts = ["a red circle on the left", "a green triangle at the bottom", "a blue square"]
+    original = pipe.scheduler
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(original.config)
+    try:
+        ours = G.generate_batch(pipe, prompts, guidance, seed=3, steps=3, negative_prompt=negative)
+        stock = stock_generate_batch(pipe, prompts, guidance, seed=3, steps=3, negative_prompt=negative)
+        assert sampler_for(pipe.scheduler) in ("ddim", "euler_a", "dpmpp_2m")
+    finally:
+        pipe.scheduler = original
+    assert all(np.array_equal(a, b) for a, b in zip(ours, stock))
+
+
+def test_generate_batch_names_a_scheduler_we_do_not_reproduce(pipe):
+    from diffusers import PNDMScheduler
+
+    from tutorial_ldm.settings import SettingsError
+
+    original = pipe.scheduler
+    pipe.scheduler = PNDMScheduler.from_config(original.config)
+    try:
+        with pytest.raises(SettingsError, match=r"scheduler='PNDMScheduler' must be a scheduler one of our "
+                                                r"samplers reproduces: .*DDIMScheduler"):
+            G.generate_batch(pipe, ["a red circle"], 5.0, steps=2)
+    finally:
+        pipe.scheduler = original
+
+
 def test_sweep_needs_prompts(pipe):
     with pytest.raises(ValueError, match="at least one prompt"):
         G.guidance_sweep(pipe, [], [1.0])

@@ -1,5 +1,8 @@
 """The A1111 `parameters` PNG chunk: written as the web UI writes it, read from ours or A1111's."""
 
+import os
+import stat
+
 import pytest
 from PIL import Image
 
@@ -69,8 +72,42 @@ def test_text_without_a_settings_line_is_all_prompt():
 
 
 def test_bad_number_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"'Steps' has the value 'many', not a int"):
+    with pytest.raises(ValueError, match=r"'Steps' has the value 'many'; expected an integer"):
         GenerationSettings.from_text("x\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1")
+
+
+@pytest.mark.parametrize("size", ["512", "", "512x", "x512", "512×512"])
+def test_bad_size_names_the_expected_form(size):
+    """Was: "has the value '', not a int" for `Size: 512`."""
+    with pytest.raises(ValueError, match=rf"'Size' has the value '{size}'; expected WIDTHxHEIGHT, e\.g\. 512x512"):
+        GenerationSettings.from_text(f"x\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: {size}")
+
+
+@pytest.mark.parametrize("prompt, negative", [
+    ("Negative prompt: blue", ""),  # was read back as an empty prompt with negative "blue"
+    ("Negative prompt: blue", "red"),
+    ("a circle\nNegative prompt: blue", "red\nNegative prompt: green"),
+    ("\\Negative prompt: one backslash", "\\\\Negative prompt: two"),
+    ("\\(literal brackets\\)", "Negative prompt:"),  # A1111's escapes are left alone
+])
+def test_prompts_that_look_like_the_negative_marker_round_trip(prompt, negative):
+    settings = GenerationSettings(**{**OURS.__dict__, "prompt": prompt, "negative_prompt": negative})
+    assert GenerationSettings.from_text(settings.to_text()) == settings
+
+
+def test_escaped_marker_is_written_with_one_more_backslash():
+    text = GenerationSettings(prompt="Negative prompt: x", steps=2, seed=1).to_text()
+    assert text.splitlines()[0] == "\\Negative prompt: x"
+    assert GenerationSettings.from_text("\\(a\\)\nSteps: 2, Sampler: Euler, CFG scale: 7").prompt == "\\(a\\)"
+
+
+def test_windows_line_endings_leave_no_stray_carriage_return():
+    windows = OURS.to_text().replace("\n", "\r\n") + "\r\n"
+    assert GenerationSettings.from_text(windows) == OURS
+    two_lines = GenerationSettings(**{**OURS.__dict__, "prompt": "line one\r\nline two\r", "negative_prompt": "a\rb"})
+    back = GenerationSettings.from_text(two_lines.to_text())
+    assert (back.prompt, back.negative_prompt) == ("line one\nline two\n", "a\nb")
+    assert "\r" not in two_lines.to_text()
 
 
 def test_png_chunk_written_and_read_back(tmp_path):
@@ -106,6 +143,41 @@ def test_save_image_is_atomic(tmp_path, monkeypatch):
         save_image(image, target)
     assert target.read_bytes() == b"previous image"  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temporary left
+
+
+def test_save_image_writes_normal_permissions(tmp_path):
+    """Was 0600 (mkstemp's), even when replacing a 0644 file; now what `open` would give."""
+    old_umask = os.umask(0o022)
+    try:
+        fresh = save_image(Image.new("RGB", (4, 4)), tmp_path / "fresh.png")
+        replaced = tmp_path / "replaced.png"
+        replaced.write_bytes(b"old")
+        replaced.chmod(0o644)
+        save_image(Image.new("RGB", (4, 4)), replaced)
+        os.umask(0o077)
+        private = save_image(Image.new("RGB", (4, 4)), tmp_path / "private.png")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+    assert stat.S_IMODE(replaced.stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600  # the umask is respected
+
+
+def test_save_image_without_overwrite_refuses_an_existing_file(tmp_path):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous image")
+    with pytest.raises(FileExistsError, match=r"out\.png exists"):
+        save_image(Image.new("RGB", (4, 4)), target, overwrite=False)
+    assert target.read_bytes() == b"previous image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    assert read_parameters(save_image(Image.open(save_image(_with_text(), tmp_path / "new.png")),
+                                      tmp_path / "other.png", overwrite=False)) == OURS
+
+
+def _with_text():
+    image = Image.new("RGB", (4, 4))
+    image.info["parameters"] = OURS.to_text()
+    return image
 
 
 def test_save_image_wants_png(tmp_path):

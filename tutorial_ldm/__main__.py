@@ -35,26 +35,37 @@ def _outputs(out: Path, n: int) -> list[Path]:
     return [out] if n == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(n)]
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _generate(args) -> int:
     try:
         out = Path(args.out)
         if out.suffix.lower() != ".png":
             raise ValueError(f"--out {out}: images are saved as .png (the settings live in a PNG text chunk)")
+        if isinstance(args.batch_size, int) and args.batch_size >= 1 and not args.overwrite:
+            taken = [str(p) for p in _outputs(out, args.batch_size) if p.exists()]
+            if taken:
+                raise FileExistsError(f"--out: {', '.join(taken)} exists; pass --overwrite to replace it")
         _quiet_libraries()
         from .generation import generate
         from .loading import load_pipeline
-        from .parameters import read_parameters, save_image
+        from .parameters import save_image
 
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                             low_vram=args.low_vram, config=args.config)
+        try:
+            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
+                                 low_vram=args.low_vram, config=args.config)
+        except (RuntimeError, NotImplementedError) as e:  # torch could not place the model there
+            raise ValueError(f"could not load the model on device {args.device!r}: {_one_line(e)}") from None
         images = generate(pipe, args.prompt, args.negative, steps=args.steps, guidance=args.cfg,
                           seed=args.seed, sampler=args.sampler, width=args.width, height=args.height,
                           batch_size=args.batch_size, progress=True)
-        for image, path in zip(images, _outputs(out, len(images))):
-            save_image(image, path)
-            print(f"{path}  (seed {read_parameters(image).seed})")
+        for image, settings, path in zip(images, images.settings, _outputs(out, len(images))):
+            save_image(image, path, overwrite=args.overwrite)
+            print(f"{path}  (seed {settings.seed})")
     except (ValueError, TypeError, OSError, FloatingPointError) as e:  # bad input: one line, no traceback
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
@@ -74,15 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads (default: every core; 1 is faster when other jobs share the CPU)")
     p.set_defaults(func=_train)
 
-    from .generation import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
-
+    # None: the model's own default (tutorial_ldm.settings.defaults_for), as generate() and the studio
     p = sub.add_parser("generate", help="text to image with the shipped model or your checkpoint")
     p.add_argument("prompt", help="A1111 syntax: (word:1.3), [word], BREAK; \"\" for unconditional")
     p.add_argument("--negative", default="", help="negative prompt, same syntax")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--cfg", type=float, default=DEFAULT_GUIDANCE, help="guidance scale")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's (25)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="guidance scale; default: the model's (7 for SD, 5 for the shipped tiny model)")
     p.add_argument("--seed", type=int, default=-1, help="-1: random (printed, and saved in the PNG)")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, help="euler_a, euler, ddim, ddpm, dpmpp_2m, "
+    p.add_argument("--sampler", default=None, help="euler_a (default), euler, ddim, ddpm, dpmpp_2m, "
                    "dpmpp_2m_karras, or A1111's names (\"Euler a\", \"DPM++ 2M Karras\")")
     p.add_argument("--width", type=int, default=None, help="default: the model's native size")
     p.add_argument("--height", type=int, default=None, help="default: the model's native size")
@@ -95,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
     p.add_argument("--low-vram", action="store_true", help="slicing, tiling and CPU offload for ~6 GB GPUs")
     p.add_argument("--out", default="out.png", help="PNG path; a batch adds -0, -1, …")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     # a bad option gets one line, like any other bad input
     p.error = lambda message: p.exit(2, f"error: {message}\n")
     p.set_defaults(func=_generate)

@@ -17,16 +17,17 @@ The scale factor itself is measured by `tutorial_ldm.train.measure_scaling_facto
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .paths import ASSETS
 from .tiny_model import TinyLDMConfig, build_unet
 from .world import IMAGE_SIZE
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 F_AUTOENCODERS = ASSETS / "vae-f"  # the small autoencoders of the f trade-off, f2/ … f16/
 F_WIDTH = (16, 32)  # channels of the first two levels; deeper levels keep the last width
 
@@ -76,6 +77,65 @@ def decode(vae, z: torch.Tensor) -> torch.Tensor:
 def downsampling_factor(vae) -> int:
     """f: every level of the encoder but the last halves the resolution."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def vae_factor(pipe) -> int:
+    """f of a pipeline's (or a bare) VAE: pixels per latent cell along each side (SD 8, tiny 4)."""
+    return downsampling_factor(getattr(pipe, "vae", pipe))
+
+
+def native_size(pipe) -> tuple[int, int]:
+    """(width, height) in pixels the pipeline's UNet was built for: its sample size × f."""
+    size = pipe.unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    return w * vae_factor(pipe), h * vae_factor(pipe)
+
+
+# The UNet works on scaled latents, z·scale (SD: 0.18215; SD3-style VAEs also shift first), so
+# that they have about unit variance, as the noise schedule assumes (LDM paper, Sec. 4.3.2).
+
+
+@torch.no_grad()
+def encode_latents(pipe, x: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+    """The latent the UNet sees for images x in [-1, 1]: (E(x) − shift)·scale."""
+    vae = getattr(pipe, "vae", pipe)
+    z = encode(vae, x, sample=sample, generator=generator)
+    shift = getattr(vae.config, "shift_factor", None)
+    return ((z - shift) if shift is not None else z) * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """x = D(latents/scale + shift), in [-1, 1] (not clipped), with A1111's guard against fp16 NaNs.
+
+    `pipe` is a pipeline or a bare VAE. A VAE in float16 can overflow to NaN on some latents; the
+    image is then decoded again with the VAE in float32 (and the VAE put back), with a warning.
+    NaN already in the latents comes from the UNet, which decoding cannot fix: FloatingPointError.
+    """
+    vae = getattr(pipe, "vae", pipe)
+    if torch.isnan(latents).any():
+        unet = getattr(pipe, "unet", None)
+        dtype = unet.dtype if unet is not None else latents.dtype
+        advice = ("load the model with dtype=torch.float32" if dtype != torch.float32 else
+                  "in float32 that means an extreme input, e.g. a huge prompt weight or guidance scale")
+        raise FloatingPointError(f"the sampler produced NaN latents (the UNet overflowed in {dtype}); {advice}")
+    z = latents / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None) is not None:
+        z = z + vae.config.shift_factor
+    image = vae.decode(z.to(vae.device, vae.dtype), return_dict=False)[0]
+    if torch.isnan(image).any() and vae.dtype != torch.float32:
+        warnings.warn(f"NaN in the image decoded by the {vae.dtype} VAE; decoding again in float32",
+                      RuntimeWarning, stacklevel=3)
+        dtype = vae.dtype
+        to = torch.nn.Module.to  # a plain cast; diffusers' .to() warns about casting
+        to(vae, torch.float32)
+        try:
+            image = vae.decode(z.to(vae.device, torch.float32), return_dict=False)[0]
+        finally:
+            to(vae, dtype)
+    if torch.isnan(image).any():
+        raise FloatingPointError("the VAE decoded NaN even in float32: the checkpoint's VAE is broken")
+    return image
 
 
 # ----------------------------------------------------------------------------- measures

@@ -1,6 +1,7 @@
 """Text to image, the A1111 way: weighted prompts, our samplers, seeds you can reproduce.
 
     images = generate(pipe, "a red circle on the left", "(blue:1.3)", steps=25, seed=42)
+    images.settings[0]                      # the GenerationSettings image 0 was made with
 
 What happens, in the paper's terms:
 
@@ -10,72 +11,44 @@ What happens, in the paper's terms:
    seed means the same starting noise on every device, as in A1111.
 3. A sampler (`tutorial_ldm.samplers`) integrates the reverse process with ε_θ(z_t, t, c),
    mixed with ε_θ(z_t, t, c_∅) by classifier-free guidance.
-4. The decoder D maps z_0 back to pixels: x = D(z_0 / scaling_factor).
+4. The decoder D maps z_0 back to pixels: x = D(z_0 / scaling_factor) (`autoencoder.decode_latents`).
 
-Every image carries its settings in `image.info["parameters"]` (A1111's format), written into
-the PNG by `save_image`; `read_parameters` gives them back to make the same image again.
+`generate` is the front door: one prompt, a batch of seeds, PIL images that carry their settings
+in `image.info["parameters"]` (A1111's format, written into the PNG by `save_image`). Beside it,
+`generate_many` makes one image per prompt of a list, as numpy arrays or PIL images, optionally
+from given starting noise: what benchmarks, tests and the guidance sweep need. Both take their
+defaults from `settings.defaults_for(pipe)` and check through `settings.validate`.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
-import warnings
+from dataclasses import replace
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .parameters import GenerationSettings
+from .autoencoder import decode_latents as decode  # noqa: F401  (generation.decode: public name)
+from .autoencoder import native_size, vae_factor  # noqa: F401  (public names of this module too)
+from .devices import cpu_threads_for
+from .settings import (MAX_SEED, GenerationSettings, SettingsError, check_batch_size,  # noqa: F401
+                       check_callback, check_text, defaults_for, validate)
 
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
-DEFAULT_SAMPLER = "euler_a"
-MAX_SEED = 2**32 - 1  # A1111's seeds are unsigned 32-bit
+# The generic defaults (A1111's for SD), kept under their old names; a model's own: defaults_for(pipe).
+DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SAMPLER = (GenerationSettings.steps, GenerationSettings.guidance,
+                                                    GenerationSettings.sampler)
 PROGRESS_DELAY = 2.0  # seconds before the default progress bar appears
+OUTPUTS = ("pil", "numpy")
 
 
-def vae_factor(pipe) -> int:
-    """f: how many pixels one latent cell covers along each side (8 for SD, 4 for the tiny model)."""
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+class GeneratedImages(list):
+    """The images (PIL images or uint8 H×W×3 arrays), and `.settings`: the GenerationSettings
+    each one was made with, seed resolved, in the same order."""
 
-
-def native_size(pipe) -> tuple[int, int]:
-    """(width, height) the UNet was built for, in pixels."""
-    size = pipe.unet.config.sample_size
-    h, w = (size, size) if isinstance(size, int) else size
-    return w * vae_factor(pipe), h * vae_factor(pipe)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def check_settings(pipe, s: GenerationSettings, batch_size: int) -> str:
-    """Raise ValueError/TypeError for anything generate() cannot honour; return our sampler name."""
-    from .samplers import sampler_name
-
-    for name in ("prompt", "negative_prompt"):
-        if not isinstance(getattr(s, name), str):
-            raise TypeError(f"{name} must be a string, got {type(getattr(s, name)).__name__}")
-    T = pipe.scheduler.config.num_train_timesteps
-    if not _is_int(s.steps) or not 1 <= s.steps <= T:
-        raise ValueError(f"steps={s.steps!r} must be an integer from 1 to {T} (the model's training timesteps)")
-    if not isinstance(s.guidance, (int, float)) or isinstance(s.guidance, bool) \
-            or not math.isfinite(s.guidance) or s.guidance < 0:
-        raise ValueError(f"guidance={s.guidance!r} must be a finite number ≥ 0 (CFG scale; ≤ 1 means no guidance)")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer ≥ 1")
-    if not _is_int(s.seed) or not (s.seed == -1 or 0 <= s.seed <= MAX_SEED - batch_size + 1):
-        raise ValueError(
-            f"seed={s.seed!r} must be -1 (random) or an integer from 0 to {MAX_SEED - batch_size + 1} "
-            f"(image k of a batch uses seed + k, at most 2**32 - 1)"
-        )
-    f = vae_factor(pipe)
-    for name in ("width", "height"):
-        value = getattr(s, name)
-        if not _is_int(value) or value < f or value % f:
-            raise ValueError(f"{name}={value!r} must be a positive multiple of {f} (the VAE's downsampling factor)")
-    return sampler_name(s.sampler)
+    def __init__(self, images, settings: list[GenerationSettings]):
+        super().__init__(images)
+        self.settings = list(settings)
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -85,37 +58,63 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> tuple[torch.Tenso
     return noise, generators
 
 
-@torch.no_grad()
-def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """x = D(z / scaling_factor), in [-1, 1], with A1111's guard against fp16 NaNs.
+def _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height,
+              batch_size) -> GenerationSettings:
+    """The caller's settings, None taken from the model's defaults, validated."""
+    d = defaults_for(pipe)
+    given = GenerationSettings(
+        prompt=prompt, negative_prompt=negative_prompt, seed=seed, model=d.model,
+        steps=d.steps if steps is None else steps, guidance=d.guidance if guidance is None else guidance,
+        sampler=d.sampler if sampler is None else sampler,
+        width=d.width if width is None else width, height=d.height if height is None else height,
+    )
+    return validate(given, pipe, batch_size=batch_size)
 
-    A VAE in float16 can overflow to NaN on some latents; the image is then decoded again with
-    the VAE in float32 (and the VAE put back), with a warning. NaN already in the latents comes
-    from the UNet, which decoding cannot fix: that raises FloatingPointError.
-    """
-    vae = pipe.vae
-    if torch.isnan(latents).any():
-        raise FloatingPointError(
-            f"the sampler produced NaN latents (the UNet overflowed in {pipe.unet.dtype}); "
-            "load the model with dtype=torch.float32"
-        )
-    z = latents / vae.config.scaling_factor
-    if getattr(vae.config, "shift_factor", None) is not None:
-        z = z + vae.config.shift_factor
-    image = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-    if torch.isnan(image).any() and vae.dtype != torch.float32:
-        warnings.warn(f"NaN in the image decoded by the {vae.dtype} VAE; decoding again in float32",
-                      RuntimeWarning, stacklevel=3)
-        dtype = vae.dtype
-        to = torch.nn.Module.to  # a plain cast; diffusers' .to() warns about casting
-        to(vae, torch.float32)
-        try:
-            image = vae.decode(z.float(), return_dict=False)[0]
-        finally:
-            to(vae, dtype)
-    if torch.isnan(image).any():
-        raise FloatingPointError("the VAE decoded NaN even in float32: the checkpoint's VAE is broken")
-    return image
+
+def _conditioning(pipe, prompts: list[str], negative_prompt: str, guidance: float, device):
+    """(cond, uncond) for a batch of prompts, A1111-weighted; uncond is None without guidance.
+    Each distinct prompt is encoded once; prompts of different lengths (in 77-token chunks) are
+    padded with the empty prompt's chunk, as A1111 pads cond and uncond."""
+    from .prompts import encode_prompts, encode_weighted
+
+    encoded = {}
+    for p in dict.fromkeys(prompts):
+        if guidance > 1:  # classifier-free guidance needs the negative prompt too
+            encoded[p] = encode_prompts(pipe, p, negative_prompt, device=device)
+        else:
+            encoded[p] = (encode_weighted(pipe.tokenizer, pipe.text_encoder, p, device=device), None)
+    longest = max(c.shape[1] for c, _ in encoded.values())
+    empty = None
+    if any(c.shape[1] != longest for c, _ in encoded.values()):
+        empty = encode_weighted(pipe.tokenizer, pipe.text_encoder, "", device=device)
+
+    def batch(k):
+        parts = [encoded[p][k] for p in prompts]
+        if empty is not None:
+            parts = [torch.cat([z, empty.repeat(1, (longest - z.shape[1]) // empty.shape[1], 1)], dim=1)
+                     for z in parts]
+        return torch.cat(parts).to(pipe.unet.dtype)
+
+    return batch(0), None if guidance <= 1 else batch(1)
+
+
+@torch.no_grad()
+def _sample_and_decode(pipe, s: GenerationSettings, prompts: list[str], seeds: list[int], *,
+                       noise=None, callback=None) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, H, W) for prompts[k] from seed seeds[k] (or noise[k])."""
+    from .samplers import sample
+
+    device = pipe._execution_device  # where the models run, also under CPU offload
+    cond, uncond = _conditioning(pipe, prompts, s.negative_prompt, s.guidance, device)
+    f = vae_factor(pipe)
+    shape = (pipe.unet.config.in_channels, s.height // f, s.width // f)
+    start, generators = initial_noise(seeds, shape)
+    if noise is not None:
+        start = noise
+    latents = sample(s.sampler, pipe.unet, start.to(device, pipe.unet.dtype), pipe.scheduler.config,
+                     steps=s.steps, cond=cond, uncond=uncond, guidance=float(s.guidance),
+                     generator=generators, callback=callback)
+    return decode(pipe, latents).float()
 
 
 def generate(
@@ -123,73 +122,138 @@ def generate(
     prompt: str,
     negative_prompt: str = "",
     *,
-    steps: int = DEFAULT_STEPS,
-    guidance: float = DEFAULT_GUIDANCE,
+    steps: int | None = None,
+    guidance: float | None = None,
     seed: int = -1,
-    sampler: str = DEFAULT_SAMPLER,
+    sampler: str | None = None,
     width: int | None = None,
     height: int | None = None,
     batch_size: int = 1,
     callback=None,
     progress: bool | None = None,
-) -> list:
-    """Generate `batch_size` images; each has its settings in `image.info["parameters"]`.
+    threads: int | None = None,
+) -> GeneratedImages:
+    """Generate `batch_size` images of one prompt; returns them with `.settings`, and each image
+    has its settings in `image.info["parameters"]` (A1111 text).
 
+    None means the model's default (`tutorial_ldm.settings.defaults_for(pipe)`: A1111's for SD,
+    what the model folder recommends otherwise, e.g. CFG 5 for the shipped tiny model).
     prompt, negative_prompt: A1111 syntax (`(word:1.3)`, `[word]`, `BREAK`), any length.
         An empty prompt is allowed: it is the unconditional prompt.
     steps: 1 … num_train_timesteps (1000 for SD).
     guidance: CFG scale, finite and ≥ 0; values ≤ 1 run the prompt alone (no guidance).
-    seed: 0 … 2³²−1, or −1 for a random one (see the images' parameters). Image k uses seed + k.
+    seed: 0 … 2³²−1, or −1 for a random one (see `.settings`). Image k uses seed + k.
     sampler: ours ("euler_a", "ddim", …) or A1111's name ("Euler a", "DPM++ 2M Karras", …).
-    width, height: multiples of the VAE factor (8 for SD); default the model's native size.
+    width, height: multiples of the VAE factor (8 for SD); sizes far beyond the native one for
+        this device are refused with an estimate of their cost (`settings.check_size`).
     callback(i, total, x, denoised): after every step, e.g. to drive a UI's progress bar or
         preview `denoised` (the current prediction of the clean latents).
     progress: a tqdm bar; None shows it only once sampling has taken more than 2 s.
+    threads: torch threads on the CPU (default `devices.cpu_threads()`: the free cores); the last
+        bit of a float, and so rarely one level of a pixel, can depend on it.
+    Bad settings raise `SettingsError` (a ValueError naming the field) before any work.
     """
-    from .loading import model_name
-    from .prompts import encode_prompts, encode_weighted
-    from .samplers import sample
-
-    native_w, native_h = native_size(pipe)
-    s = GenerationSettings(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
-                           sampler=sampler, guidance=guidance, seed=seed,
-                           width=native_w if width is None else width,
-                           height=native_h if height is None else height, model=model_name(pipe))
-    s.sampler = check_settings(pipe, s, batch_size)
+    check_callback(callback)
+    s = _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height, batch_size)
     if s.seed == -1:
         s.seed = secrets.randbelow(MAX_SEED - batch_size + 2)
     seeds = [s.seed + k for k in range(batch_size)]
+    bar = tqdm(total=s.steps, desc="sampling", unit="step", disable=progress is False,
+               delay=PROGRESS_DELAY if progress is None else 0)
 
-    device = pipe._execution_device  # where the models run, also under CPU offload
-    with torch.no_grad():
-        if s.guidance > 1:  # classifier-free guidance needs the negative prompt too
-            cond, uncond = encode_prompts(pipe, s.prompt, s.negative_prompt, device=device)
-        else:
-            cond, uncond = encode_weighted(pipe.tokenizer, pipe.text_encoder, s.prompt, device=device), None
-        dtype = pipe.unet.dtype
-        cond = cond.to(dtype).expand(batch_size, -1, -1)
-        uncond = None if uncond is None else uncond.to(dtype).expand(batch_size, -1, -1)
+    def on_step(i, total, x, denoised):
+        bar.update(1)
+        if callback is not None:
+            callback(i, total, x, denoised)
 
-        f = vae_factor(pipe)
-        shape = (pipe.unet.config.in_channels, s.height // f, s.width // f)
-        noise, generators = initial_noise(seeds, shape)
-        bar = tqdm(total=s.steps, desc="sampling", unit="step", disable=progress is False,
-                   delay=PROGRESS_DELAY if progress is None else 0)
-
-        def on_step(i, total, x, denoised):
-            bar.update(1)
-            if callback is not None:
-                callback(i, total, x, denoised)
-
-        try:
-            latents = sample(s.sampler, pipe.unet, noise.to(device, dtype), pipe.scheduler.config,
-                             steps=s.steps, cond=cond, uncond=uncond, guidance=float(s.guidance),
-                             generator=generators, callback=on_step)
-        finally:
-            bar.close()
-        images = pipe.image_processor.postprocess(decode(pipe, latents).float(), output_type="pil")
-
-    for k, image in enumerate(images):
-        settings = GenerationSettings(**{**s.__dict__, "seed": seeds[k], "extra": {}})
+    try:
+        with cpu_threads_for(pipe._execution_device, threads):
+            x = _sample_and_decode(pipe, s, [s.prompt] * batch_size, seeds, callback=on_step)
+    finally:
+        bar.close()
+    images = pipe.image_processor.postprocess(x, output_type="pil")
+    used = [replace(s, seed=k_seed, extra={}) for k_seed in seeds]
+    for image, settings in zip(images, used):
         image.info["parameters"] = settings.to_text()
-    return images
+    return GeneratedImages(images, used)
+
+
+def generate_many(
+    pipe,
+    prompts: list[str],
+    *,
+    negative_prompt: str = "",
+    steps: int | None = None,
+    guidance: float | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    width: int | None = None,
+    height: int | None = None,
+    noise: torch.Tensor | None = None,
+    batch_size: int = 16,
+    output: str = "pil",
+    progress: bool | None = None,
+    threads: int | None = None,
+) -> GeneratedImages:
+    """One image per prompt, prompt i from the noise of seed + i (or from `noise[i]`), run
+    `batch_size` prompts at a time; the same images as `generate(pipe, prompts[i], seed=seed + i)`
+    up to float rounding.
+
+    output: "pil" (images with their A1111 text, as `generate` gives) or "numpy" (uint8 H×W×3).
+    noise: a fixed z_T of shape (len(prompts), C, h, w), standard normal (the samplers scale it);
+        the seeds still feed the stochastic samplers' fresh noise, and the settings record them.
+    Other settings as for `generate`; one negative prompt for all.
+    """
+    if output not in OUTPUTS:
+        raise SettingsError("output", output, f"one of {', '.join(map(repr, OUTPUTS))}")
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise SettingsError("prompts", prompts, "a non-empty list of prompts")
+    prompts = [check_text("prompts", p) for p in prompts]
+    s = _settings(pipe, prompts[0], negative_prompt, steps, guidance, seed, sampler, width, height,
+                  len(prompts))
+    if s.seed == -1:
+        raise SettingsError("seed", seed, "an integer from 0 (generate_many's images use seed + i)")
+    batch = check_batch_size(batch_size)
+    f = vae_factor(pipe)
+    shape = (len(prompts), pipe.unet.config.in_channels, s.height // f, s.width // f)
+    if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape):
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise SettingsError("noise", got, f"None or a tensor of shape {shape} (one latent per prompt)")
+
+    used = [replace(s, prompt=p, seed=s.seed + i, extra={}) for i, p in enumerate(prompts)]
+    images = []
+    bar = tqdm(total=len(prompts), desc="generating", unit="image",
+               disable=progress is False, delay=PROGRESS_DELAY if progress is None else 0)
+    try:
+        with cpu_threads_for(pipe._execution_device, threads):
+            for i in range(0, len(prompts), batch):
+                part = slice(i, i + batch)
+                x = _sample_and_decode(pipe, s, prompts[part], [u.seed for u in used[part]],
+                                       noise=None if noise is None else noise[part])
+                bar.update(len(x))
+                if output == "numpy":
+                    arrays = pipe.image_processor.postprocess(x, output_type="np")
+                    images += list((arrays * 255).round().astype(np.uint8))
+                else:
+                    images += pipe.image_processor.postprocess(x, output_type="pil")
+    finally:
+        bar.close()
+    if output == "pil":
+        for image, settings in zip(images, used):
+            image.info["parameters"] = settings.to_text()
+    return GeneratedImages(images, used)
+
+
+def sampler_for(scheduler) -> str:
+    """Our sampler that samples exactly as this diffusers scheduler does (its config included)."""
+    from .samplers import SAMPLERS, to_diffusers
+
+    config = dict(scheduler.config)
+    for name in SAMPLERS:
+        twin = to_diffusers(name, config)
+        if type(twin) is type(scheduler) and all(config.get(k) == v for k, v in twin.config.items()
+                                                 if not k.startswith("_")):
+            return name
+    raise SettingsError("scheduler", type(scheduler).__name__,
+                        "a scheduler one of our samplers reproduces: " + ", ".join(
+                            sorted({type(to_diffusers(n, config)).__name__ for n in SAMPLERS})))

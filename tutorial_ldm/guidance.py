@@ -26,14 +26,15 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: fl
 
 
 def generate_batch(pipe, prompts: list[str], guidance_scale: float, seed: int = 0, steps: int = 20,
-             negative_prompt: str | None = None) -> list[np.ndarray]:
-    """One image per prompt with the stock pipeline; prompt i always starts from the noise of
-    seed + i, so images at different guidance scales differ only by the guidance."""
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
-    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
-               negative_prompt=negative, generator=generators, output_type="np").images
-    return list((out * 255).round().astype(np.uint8))
+                   negative_prompt: str | None = None) -> list[np.ndarray]:
+    """One uint8 image per prompt, sampled as the pipeline's own scheduler samples (the stock
+    pipeline's images); prompt i always starts from the noise of seed + i, so images at different
+    guidance scales differ only by the guidance. A thin wrapper of `generation.generate_many`."""
+    from .generation import generate_many, sampler_for
+
+    return generate_many(pipe, list(prompts), negative_prompt=negative_prompt or "", steps=steps,
+                         guidance=guidance_scale, sampler=sampler_for(pipe.scheduler), seed=seed,
+                         batch_size=max(1, len(prompts)), output="numpy", progress=False)
 
 
 def guidance_sweep(pipe, prompts: list[str], scales, seed: int = 0, steps: int = 20,

@@ -22,22 +22,12 @@ from pathlib import Path
 
 import torch
 
-MODELS_DIR_ENV = "TUTORIAL_LDM_MODELS_DIR"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# At the top of the course folder, whatever the working directory (notebooks run in notebooks/).
-DEFAULT_MODELS_DIR = REPO_ROOT / "models" / "Stable-diffusion"
-SHIPPED_MODEL = REPO_ROOT / "assets" / "tiny-ldm"
+from .devices import default_device
+from .paths import DEFAULT_MODELS_DIR, MODELS_DIR_ENV, REPO_ROOT, SHIPPED_MODEL, models_dir  # noqa: F401
+
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _EXPECTED = "a diffusers folder (with model_index.json), a .safetensors or .ckpt file, or a hub id"
-
-
-def models_dir(folder: str | os.PathLike | None = None) -> Path:
-    """The checkpoint folder: `folder`, else $TUTORIAL_LDM_MODELS_DIR, else models/Stable-diffusion
-    at the top of the course folder."""
-    if folder is not None:
-        return Path(folder).expanduser()
-    return Path(os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR).expanduser()
 
 
 def list_models(folder: str | os.PathLike | None = None) -> list[Path]:
@@ -59,15 +49,6 @@ def list_models(folder: str | os.PathLike | None = None) -> list[Path]:
         elif path.is_dir() and (path / "model_index.json").is_file():
             found.append(path)
     return sorted(found, key=lambda p: str(p.relative_to(root)).lower())
-
-
-def default_device() -> torch.device:
-    """CUDA if present, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -18,87 +18,92 @@ import json
 import math
 import os
 import re
-import tempfile
-from dataclasses import dataclass, field
+import secrets
 from pathlib import Path
+
+from .settings import GenerationSettings
 
 # one `key: value` pair of the last line; a value is a JSON string or runs to the next comma
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _NEGATIVE = "Negative prompt:"
+_ESCAPED = re.compile(r"^(\\*Negative prompt:)")  # a line the reader would take for the marker
+_ESCAPED_BACK = re.compile(r"^\\(\\*Negative prompt:)")
 
 
-@dataclass
-class GenerationSettings:
-    """What `generate` needs to make an image again (our sampler names, A1111's field names)."""
+def format_parameters(s: GenerationSettings) -> str:
+    """The A1111 `parameters` text of settings `s` (`GenerationSettings.to_text`)."""
+    from .samplers import A1111_NAMES
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    steps: int = 25
-    sampler: str = "euler_a"  # our name; A1111's name ("Euler a") in the PNG
-    guidance: float = 7.5  # "CFG scale"
-    seed: int = -1
-    width: int | None = None
-    height: int | None = None
-    model: str = ""
-    extra: dict[str, str] = field(default_factory=dict)  # other A1111 fields, verbatim
+    fields = {
+        "Steps": s.steps,
+        "Sampler": A1111_NAMES.get(s.sampler, s.sampler),
+        "CFG scale": _number(s.guidance),
+        "Seed": s.seed,
+        "Size": f"{s.width}x{s.height}" if s.width and s.height else "",
+        "Model": s.model,
+        **s.extra,
+    }
+    lines = _escape(s.prompt)
+    if s.negative_prompt:
+        first, *rest = _escape(s.negative_prompt)
+        lines += [f"{_NEGATIVE} {first}", *rest]
+    lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items() if v != ""))
+    return "\n".join(lines)
 
-    def generate_kwargs(self) -> dict:
-        """Keyword arguments for `tutorial_ldm.generate(pipe, **kwargs)`."""
-        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-                    sampler=self.sampler, guidance=self.guidance, seed=self.seed,
-                    width=self.width, height=self.height)
 
-    def to_text(self) -> str:
-        """The A1111 `parameters` text."""
-        from .samplers import A1111_NAMES
+def parse_parameters(text: str, cls=None) -> GenerationSettings:
+    """Parse a `parameters` text, ours or A1111's (extra fields land in `extra`)."""
+    cls = cls or GenerationSettings
+    *lines, last = _newlines(text).rstrip("\n").split("\n")
+    pairs = _PAIR.findall(last)
+    if len(pairs) < 3:  # A1111's rule: fewer than three pairs is still prompt
+        lines, pairs = [*lines, last], []
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith(_NEGATIVE) and not in_negative:
+            in_negative, line = True, line[len(_NEGATIVE):].removeprefix(" ")
+        (negative if in_negative else prompt).append(_unescape(line))
 
-        fields = {
-            "Steps": self.steps,
-            "Sampler": A1111_NAMES.get(self.sampler, self.sampler),
-            "CFG scale": _number(self.guidance),
-            "Seed": self.seed,
-            "Size": f"{self.width}x{self.height}" if self.width and self.height else "",
-            "Model": self.model,
-            **self.extra,
-        }
-        lines = [self.prompt]
-        if self.negative_prompt:
-            lines.append(f"{_NEGATIVE} {self.negative_prompt}")
-        lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items() if v != ""))
-        return "\n".join(lines)
+    values = {key.strip(): _unquote(value.strip()) for key, value in pairs}
+    settings = cls(prompt="\n".join(prompt), negative_prompt="\n".join(negative), extra={})
+    for key, value in values.items():
+        if key == "Steps":
+            settings.steps = _parse(int, key, value, "an integer")
+        elif key == "CFG scale":
+            settings.guidance = _parse(float, key, value, "a number")
+        elif key == "Seed":
+            settings.seed = _parse(int, key, value, "an integer")
+        elif key == "Size":
+            size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", value)
+            if size is None:
+                raise ValueError(f"parameters field 'Size' has the value {value!r}; expected "
+                                 "WIDTHxHEIGHT, e.g. 512x512")
+            settings.width, settings.height = int(size.group(1)), int(size.group(2))
+        elif key == "Model":
+            settings.model = value
+        elif key != "Sampler":
+            settings.extra[key] = value
+    if "Sampler" in values:
+        settings.sampler = _our_sampler(values["Sampler"], settings.extra)
+    return settings
 
-    @classmethod
-    def from_text(cls, text: str) -> GenerationSettings:
-        """Parse a `parameters` text, ours or A1111's (extra fields land in `extra`)."""
-        *lines, last = text.rstrip("\n").split("\n")
-        pairs = _PAIR.findall(last)
-        if len(pairs) < 3:  # A1111's rule: fewer than three pairs is still prompt
-            lines, pairs = [*lines, last], []
-        prompt, negative, in_negative = [], [], False
-        for line in lines:
-            if line.startswith(_NEGATIVE):
-                in_negative, line = True, line[len(_NEGATIVE):].removeprefix(" ")
-            (negative if in_negative else prompt).append(line)
 
-        values = {key.strip(): _unquote(value.strip()) for key, value in pairs}
-        settings = cls(prompt="\n".join(prompt), negative_prompt="\n".join(negative), extra={})
-        for key, value in values.items():
-            if key == "Steps":
-                settings.steps = _parse(int, key, value)
-            elif key == "CFG scale":
-                settings.guidance = _parse(float, key, value)
-            elif key == "Seed":
-                settings.seed = _parse(int, key, value)
-            elif key == "Size":
-                w, _, h = value.partition("x")
-                settings.width, settings.height = _parse(int, key, w), _parse(int, key, h)
-            elif key == "Model":
-                settings.model = value
-            elif key != "Sampler":
-                settings.extra[key] = value
-        if "Sampler" in values:
-            settings.sampler = _our_sampler(values["Sampler"], settings.extra)
-        return settings
+def _newlines(text: str) -> str:
+    """Windows' \\r\\n and old Macs' \\r read as \\n: no stray \\r in a prompt or a value."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _escape(text: str) -> list[str]:
+    """The lines of a prompt, each line that would read as the negative-prompt marker escaped.
+
+    A1111 cannot tell a prompt line that begins with "Negative prompt:" from the marker itself.
+    We write such a line with one more leading backslash ("\\Negative prompt: …", and
+    "\\\\Negative prompt:" for one that already had one), and read one backslash off again."""
+    return [_ESCAPED.sub(r"\\\1", line) for line in _newlines(text).split("\n")]
+
+
+def _unescape(line: str) -> str:
+    return _ESCAPED_BACK.sub(r"\1", line)
 
 
 def _number(x: float) -> int | float:
@@ -119,11 +124,11 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _parse(kind, key: str, value: str):
+def _parse(kind, key: str, value: str, expected: str):
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"parameters field {key!r} has the value {value!r}, not a {kind.__name__}") from None
+        raise ValueError(f"parameters field {key!r} has the value {value!r}; expected {expected}") from None
 
 
 def _our_sampler(a1111: str, extra: dict[str, str]) -> str:
@@ -153,26 +158,51 @@ def read_parameters(png) -> GenerationSettings:
             text = image.info.get("parameters")
     if not isinstance(text, str):
         raise ValueError(f"{where} has no 'parameters' text chunk (not saved by tutorial-ldm or A1111?)")
-    return GenerationSettings.from_text(text)
+    return parse_parameters(text)
 
 
-def save_image(image, path) -> Path:
-    """Save as PNG with the image's `parameters` chunk, atomically (no half-written file)."""
+def save_image(image, path, *, overwrite: bool = True) -> Path:
+    """Save as PNG with the image's `parameters` chunk, atomically (no half-written file).
+
+    The file gets the permissions any new file gets (0666 less the umask, as `open` gives).
+    overwrite=False refuses an existing path with FileExistsError, also one that appears while
+    the image is written (the finished file is linked in, which fails if the name is taken)."""
     from PIL.PngImagePlugin import PngInfo
 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: images are saved as .png (the settings live in a PNG text chunk)")
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists; not overwriting it (choose another name, or allow overwriting)")
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     if "parameters" in image.info:
         info.add_text("parameters", image.info["parameters"])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
+    tmp, fd = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} exists; not overwriting it") from None
+            os.unlink(tmp)
     except BaseException:
-        os.unlink(tmp)
+        if tmp.exists():
+            os.unlink(tmp)
         raise
     return path
+
+
+def _new_temporary(path: Path) -> tuple[Path, int]:
+    """A new hidden file beside `path`, created as `open` would create it (mode 0666 & ~umask;
+    tempfile.mkstemp would make it 0600, private to its owner)."""
+    while True:
+        tmp = path.with_name(f".{path.stem}-{secrets.token_hex(4)}.png")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue

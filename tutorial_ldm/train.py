@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import world
+from .devices import default_device
 from .tiny_model import (
     TinyLDMConfig,
     build_autoencoder,
@@ -60,10 +61,6 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 10
     threads: int = 0  # CPU threads for torch; 0 = every core
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def step_rng(seed: int, stage: int, step: int) -> np.random.Generator:

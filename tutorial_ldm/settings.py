@@ -1,0 +1,247 @@
+"""Generation settings: the one home of their defaults and of their validation.
+
+    s = defaults_for(pipe)                        # what this model is best run with
+    s = validate(replace(s, steps=30), pipe)      # a normalised copy, or SettingsError
+
+`generate`, the command line and the studio all start from `defaults_for(pipe)` and check
+through `validate`, so they agree for the same model. The defaults are A1111's for Stable
+Diffusion (CFG 7, the model's native size) unless the model folder says otherwise: a
+`generation_defaults.json` beside its `model_index.json` may recommend `steps`, `sampler` and
+`guidance` (the shipped tiny model recommends CFG 5, and says why, in its own file).
+
+Every refusal is a `SettingsError` (a ValueError) that names the field, the bad value and what
+is allowed, in one line; its attributes let a UI say the same in its own language.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+MAX_SEED = 2**32 - 1  # A1111's seeds are unsigned 32-bit
+MODEL_DEFAULTS_FILE = "generation_defaults.json"  # beside model_index.json
+RECOMMENDABLE = ("steps", "sampler", "guidance")  # what a model folder may recommend
+# Past this many times the model's native pixels per image, generation is refused on this kind
+# of device (the UNet's cost grows with the pixels, its attention with their square). The
+# studio's sliders stop at 4× the native side, 16× the pixels: always allowed on the CPU.
+MAX_PIXEL_RATIO = {"cpu": 16, "mps": 64, "cuda": 256}
+DEFAULT_PIXEL_RATIO = 64
+
+
+class SettingsError(ValueError):
+    """A setting generation cannot honour: `field` (e.g. "steps"), the bad `value`, and what is
+    `allowed` (English, e.g. "an integer from 1 to 1000"). `limits` holds the numbers in
+    `allowed` (e.g. {"min": 1, "max": 1000}) for a UI that words it in another language."""
+
+    def __init__(self, field: str, value, allowed: str, *, limits: dict | None = None, note: str = ""):
+        self.field, self.value, self.allowed = field, value, allowed
+        self.limits, self.note = dict(limits or {}), note
+        text = f"{field}={value!r} must be {allowed}"
+        super().__init__(f"{text} ({note})" if note else text)
+
+
+@dataclass
+class GenerationSettings:
+    """What `generate` needs to make an image again (our sampler names, A1111's field names).
+
+    The field defaults are the generic ones (A1111's for Stable Diffusion); `defaults_for(pipe)`
+    adds what a given model recommends and its native size."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 25
+    sampler: str = "euler_a"  # our name; A1111's name ("Euler a") in the PNG
+    guidance: float = 7.0  # "CFG scale"; A1111's default
+    seed: int = -1  # -1: a random one, chosen when generating
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    model: str = ""
+    extra: dict[str, str] = field(default_factory=dict)  # other A1111 fields, verbatim
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for `tutorial_ldm.generate(pipe, **kwargs)`."""
+        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
+                    sampler=self.sampler, guidance=self.guidance, seed=self.seed,
+                    width=self.width, height=self.height)
+
+    def to_text(self) -> str:
+        """The A1111 `parameters` text (`tutorial_ldm.parameters`)."""
+        from .parameters import format_parameters
+
+        return format_parameters(self)
+
+    @classmethod
+    def from_text(cls, text: str) -> GenerationSettings:
+        """Parse a `parameters` text, ours or A1111's (extra fields land in `extra`)."""
+        from .parameters import parse_parameters
+
+        return parse_parameters(text, cls)
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def model_folder_defaults(pipe) -> dict:
+    """What the model's folder recommends in its generation_defaults.json ({} if none)."""
+    source = Path(str(pipe.config.get("_name_or_path", "") or ""))
+    path = source / MODEL_DEFAULTS_FILE
+    if not source.is_dir() or not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {key: data[key] for key in RECOMMENDABLE if key in data}
+
+
+def defaults_for(pipe) -> GenerationSettings:
+    """The settings `generate`, the CLI and the studio use for this model when not told otherwise."""
+    from .autoencoder import native_size
+    from .loading import model_name
+
+    width, height = native_size(pipe)
+    base = GenerationSettings(width=width, height=height, model=model_name(pipe))
+    return validate(replace(base, **model_folder_defaults(pipe)), pipe)
+
+
+# ----------------------------------------------------------------------------- per-field checks
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_text(name: str, value) -> str:
+    """A prompt, its line breaks as "\\n" (Windows' "\\r\\n" and old Macs' "\\r" become "\\n", as
+    in the PNG text, so that the settings an image records are the ones it was made with)."""
+    if not isinstance(value, str):
+        raise SettingsError(name, value, "a string (A1111 prompt syntax; \"\" is allowed)")
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_steps(value, num_train_timesteps: int) -> int:
+    if not _is_int(value) or not 1 <= value <= num_train_timesteps:
+        raise SettingsError("steps", value, f"an integer from 1 to {num_train_timesteps} (the model's "
+                            "training timesteps)", limits={"min": 1, "max": num_train_timesteps})
+    return value
+
+
+def check_guidance(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise SettingsError("guidance", value, "a finite number ≥ 0 (CFG scale; ≤ 1 means no guidance)",
+                            limits={"min": 0})
+    return value
+
+
+def check_batch_size(value) -> int:
+    if not _is_int(value) or value < 1:
+        raise SettingsError("batch_size", value, "an integer ≥ 1", limits={"min": 1})
+    return value
+
+
+def check_seed(value, batch_size: int = 1) -> int:
+    top = MAX_SEED - batch_size + 1
+    if not _is_int(value) or not (value == -1 or 0 <= value <= top):
+        raise SettingsError("seed", value, f"-1 (random) or an integer from 0 to {top} (image k of a "
+                            "batch uses seed + k, at most 2**32 - 1)", limits={"min": 0, "max": top})
+    return value
+
+
+def check_sampler(value) -> str:
+    """Our name for a sampler given ours or A1111's ("Euler a" → "euler_a")."""
+    from .samplers import A1111_NAMES, SAMPLERS, sampler_name
+
+    try:
+        return sampler_name(value)
+    except (ValueError, TypeError):
+        raise SettingsError("sampler", value, f"one of {', '.join(SAMPLERS)} or A1111's "
+                            f"{', '.join(A1111_NAMES.values())}", limits={"choices": list(SAMPLERS)}) from None
+
+
+def check_side(name: str, value, factor: int) -> int:
+    if not _is_int(value) or value < factor or value % factor:
+        raise SettingsError(name, value, f"a positive multiple of {factor} (the VAE's downsampling factor)",
+                            limits={"multiple": factor})
+    return value
+
+
+def check_callback(value):
+    if value is not None and not callable(value):
+        raise SettingsError("callback", value, "None or a function callback(i, total, x, denoised)")
+    return value
+
+
+def check_size(width: int, height: int, pipe, batch_size: int = 1, device=None) -> None:
+    """Refuse a size far beyond the model's native one for this device, before any work.
+
+    The estimate, with the numbers a student can check: the UNet's work per step grows with the
+    latent cells, its self-attention with their square; 4096×4096 for a 64×64 model is 4096× the
+    pixels and ~1.7·10⁷× the attention of a native image: hours of CPU time, many GB of memory.
+    """
+    from .autoencoder import native_size
+
+    native_w, native_h = native_size(pipe)
+    ratio = width * height / (native_w * native_h)
+    device = device if device is not None else pipe._execution_device
+    kind = getattr(device, "type", str(device))
+    if kind == "meta":
+        raise SettingsError("device", kind, "a device that computes (cpu, cuda, mps): meta tensors "
+                            "have shapes but no values")
+    limit = MAX_PIXEL_RATIO.get(kind, DEFAULT_PIXEL_RATIO)
+    if ratio <= limit:
+        return
+    estimate = size_estimate(pipe, width, height, batch_size)
+    side = math.isqrt(limit)
+    raise SettingsError(
+        "size", f"{width}x{height}",
+        f"at most {limit}× the model's native {native_w}×{native_h} pixels on {kind} "
+        f"(e.g. {native_w * side}×{native_h * side})",
+        limits={"max_ratio": limit, "native": (native_w, native_h)},
+        note=f"{ratio:g}× the native pixels; estimated {estimate['attention_ratio']:.3g}× the "
+             f"attention work of a native image and ≥ {estimate['gib']:.3g} GiB of activations",
+    )
+
+
+def size_estimate(pipe, width: int, height: int, batch_size: int = 1) -> dict:
+    """Rough cost of one UNet step at this size relative to the native size: pixel ratio, attention
+    ratio (its square) and a lower bound on the activation memory (the first level's feature map,
+    for both halves of classifier-free guidance, kept a few times over by the blocks)."""
+    from .autoencoder import native_size, vae_factor
+
+    native_w, native_h = native_size(pipe)
+    ratio = width * height / (native_w * native_h)
+    f = vae_factor(pipe)
+    cells = (width // f) * (height // f)
+    channels = pipe.unet.config.block_out_channels[0]
+    bytes_per = pipe.unet.dtype.itemsize
+    layers_alive = 8  # resnet in/out, norm, attention q/k/v/out at the first level
+    gib = 2 * batch_size * cells * channels * bytes_per * layers_alive / 2**30
+    return {"pixel_ratio": ratio, "attention_ratio": ratio**2, "gib": gib}
+
+
+# ----------------------------------------------------------------------------- the validator
+
+
+def validate(settings: GenerationSettings, pipe, *, batch_size: int = 1) -> GenerationSettings:
+    """A checked, normalised copy of `settings` for `pipe`: our sampler name, the native size for
+    a width/height of None, the model's name; raises SettingsError for the first bad field."""
+    from .autoencoder import native_size, vae_factor
+    from .loading import model_name
+
+    if not isinstance(settings, GenerationSettings):
+        raise SettingsError("settings", settings, "a GenerationSettings")
+    s = replace(settings, extra=dict(settings.extra))
+    s.prompt = check_text("prompt", s.prompt)
+    s.negative_prompt = check_text("negative_prompt", s.negative_prompt)
+    check_steps(s.steps, pipe.scheduler.config.num_train_timesteps)
+    check_guidance(s.guidance)
+    check_batch_size(batch_size)
+    check_seed(s.seed, batch_size)
+    s.sampler = check_sampler(s.sampler)
+    native_w, native_h = native_size(pipe)
+    s.width = native_w if s.width is None else s.width
+    s.height = native_h if s.height is None else s.height
+    check_side("width", s.width, vae_factor(pipe))
+    check_side("height", s.height, vae_factor(pipe))
+    check_size(s.width, s.height, pipe, batch_size)
+    s.model = s.model or model_name(pipe)
+    return s

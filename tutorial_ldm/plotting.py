@@ -25,6 +25,7 @@ from io import BytesIO
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.ticker import NullFormatter
 
 ATTENTION_CMAP = "magma"  # perceptually uniform, dark = little attention
 
@@ -147,6 +148,7 @@ def plot_curves(curves: Mapping[str, tuple], *, xlabel: str, ylabel: str, title:
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title or "")
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded labels between the decades
     if logy:
         ax.set_yscale("log")
     if xticks is not None:

@@ -176,7 +176,7 @@ def show_heatmap(matrix, *, xlabel: str, ylabel: str, title: str, colorbar: str,
     im = ax.imshow(m, aspect="auto", cmap=cmap, interpolation="nearest", extent=extent,
                    vmin=-limit if symmetric else None, vmax=limit)
     if xticks is not None:
-        ax.set_xticks(range(len(xticks)), xticks, rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(range(len(xticks)), xticks, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     if yticks is not None:
         ax.set_yticks(range(len(yticks)), yticks, fontsize=8)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)

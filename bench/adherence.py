@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +20,8 @@ from tqdm.auto import tqdm
 from tutorial_ldm import metrics, world
 from tutorial_ldm.autoencoder import decode, encode, to_images
 from tutorial_ldm.guidance import generate_batch
+from tutorial_ldm.paths import SHIPPED_MODEL
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def show(title: str, scores: dict) -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "assets" / "tiny-ldm"))
+    parser.add_argument("--model", default=str(SHIPPED_MODEL))
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--variants", type=int, default=2, help="90 prompts per variant")

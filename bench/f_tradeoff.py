@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from tutorial_ldm import autoencoder
+from tutorial_ldm.paths import REPO_ROOT
 from tutorial_ldm.tiny_model import TinyLDMConfig, build_unet
 from tutorial_ldm.train import TrainConfig, train_autoencoder
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def train_missing(factors, steps: int, out: Path, run_root: Path) -> None:
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps per autoencoder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=autoencoder.F_AUTOENCODERS)
-    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "f-tradeoff")
+    parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "runs" / "f-tradeoff")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

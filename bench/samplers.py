@@ -4,7 +4,7 @@
 
 Generates one image per benchmark prompt (`tutorial_ldm.metrics.benchmark_prompts`: every colour ×
 shape × position, plain and with a size and background, 180 prompts) with each of our samplers
-(`tutorial_ldm.samplers.sample`) at each step count, seed = --seed + the prompt's index, and prints the share of images whose colour, shape and position all match the
+(through `tutorial_ldm.generation.generate_many`) at each step count, seed = --seed + the prompt's index, and prints the share of images whose colour, shape and position all match the
 prompt ("all3") and the seconds per image, as a markdown table.
 """
 
@@ -12,40 +12,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from tutorial_ldm import metrics
-from tutorial_ldm.samplers import A1111_NAMES, SAMPLERS, sample
+from tutorial_ldm.generation import generate_many
+from tutorial_ldm.paths import SHIPPED_MODEL
+from tutorial_ldm.samplers import A1111_NAMES, SAMPLERS
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@torch.no_grad()
-def generate(pipe, name, prompts, seeds, *, steps, guidance, device):
-    """Images (uint8 HWC) of `prompts` by sampler `name`, image k from torch seed seeds[k]."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    cond, uncond = pipe.encode_prompt(prompts, device, 1, True)
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    size = pipe.unet.config.sample_size
-    noise = randn_tensor((len(prompts), pipe.unet.config.in_channels, size, size), generator=generators, device=device)
-    latents = sample(
-        name, pipe.unet, noise, pipe.scheduler.config, steps=steps, cond=cond, uncond=uncond,
-        guidance=guidance, generator=generators,
-    )  # fmt: skip
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return list((pipe.image_processor.postprocess(images, output_type="np") * 255).round().astype(np.uint8))
 
 
 def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "assets" / "tiny-ldm"))
+    parser.add_argument("--model", default=str(SHIPPED_MODEL))
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 20, 50, 100, 200])
     parser.add_argument("--variants", type=int, default=2, help="90 benchmark prompts per variant")
@@ -61,7 +43,11 @@ def main() -> None:
     prompts = metrics.benchmark_prompts(args.variants, seed=args.seed)
     if args.prompts is not None:
         prompts = prompts[:: max(1, len(prompts) // args.prompts)][: args.prompts]
-    generate(pipe, "ddim", prompts[:1], [0], steps=1, guidance=args.guidance, device=args.device)  # warm-up
+    def generate(name, batch, seed, steps):
+        return generate_many(pipe, batch, sampler=name, seed=seed, steps=steps, guidance=args.guidance,
+                             batch_size=len(batch), output="numpy", progress=False)
+
+    generate("ddim", prompts[:1], 0, 1)  # warm-up
     results = {}
     for name in args.samplers:
         for steps in args.steps:
@@ -69,10 +55,7 @@ def main() -> None:
             for i in tqdm(range(0, len(prompts), args.batch), desc=f"{name} {steps} steps", leave=False):
                 batch = prompts[i : i + args.batch]
                 start = time.perf_counter()
-                images += generate(
-                    pipe, name, batch, range(args.seed + i, args.seed + i + len(batch)),
-                    steps=steps, guidance=args.guidance, device=args.device,
-                )  # fmt: skip
+                images += generate(name, batch, args.seed + i, steps)
                 seconds += time.perf_counter() - start
             results[name, steps] = metrics.adherence(images, prompts)["all3"], seconds / len(prompts)
 

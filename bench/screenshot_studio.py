@@ -25,7 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tutorial_ldm.paths import REPO_ROOT
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SETTINGS = {  # JupyterLab user settings: never save the notebook, no news pop-up
@@ -39,12 +40,12 @@ def start_lab(python: str, port: int, settings_dir: Path) -> subprocess.Popen:
         path = settings_dir / "settings" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
            "JUPYTERLAB_SETTINGS_DIR": str(settings_dir / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(settings_dir / "workspaces")}
     lab = subprocess.Popen(
         [python, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.token=",
-         "--ServerApp.password=", f"--notebook-dir={ROOT / 'notebooks'}",
+         "--ServerApp.password=", f"--notebook-dir={REPO_ROOT / 'notebooks'}",
          *(["--allow-root"] if os.geteuid() == 0 else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=open(settings_dir / "lab.log", "w"),
     )

@@ -105,7 +105,7 @@ def test_existing_out_is_refused_unless_overwrite(tmp_path, monkeypatch, capsys)
 
 
 def test_cli_generate_and_studio_defaults_agree(tmp_path, monkeypatch, capsys):
-    """No option given: the model's own defaults (CFG 5 for the shipped model), as generate() uses."""
+    """No option given: the model's own defaults (CFG 2 for the shipped model), as generate() uses."""
     from tutorial_ldm.settings import defaults_for
 
     monkeypatch.chdir(tmp_path)
@@ -116,3 +116,12 @@ def test_cli_generate_and_studio_defaults_agree(tmp_path, monkeypatch, capsys):
     assert printed == "out.png  (seed 4)"
     assert (cli.guidance, cli.sampler, cli.width, cli.height) == (d.guidance, d.sampler, d.width, d.height)
     assert generate(shipped_pipe(), "a blue square", seed=4, steps=2, progress=False).settings[0] == cli
+
+
+def test_train_with_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    """Was a FileExistsError traceback."""
+    run_dir = tmp_path / "a-file"
+    run_dir.write_text("not a folder")
+    assert main(["train", "--run-dir", str(run_dir), "--vae-steps", "1", "--unet-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "a-file" in err[0], err

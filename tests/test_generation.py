@@ -144,9 +144,10 @@ def test_unbalanced_brackets_apply_to_the_end():
                                             r"estimated 1\.68e\+07× the attention work"),
 ])
 def test_bad_input_is_refused_before_sampling(kwargs, field, message):
-    calls = []
+    calls, unet_sizes = [], []
     pipe = shipped_pipe()
-    hooks = [m.register_forward_hook(lambda *a: calls.append("ran")) for m in (pipe.unet, pipe.text_encoder)]
+    hooks = [pipe.text_encoder.register_forward_hook(lambda *a: calls.append("encoded")),
+             pipe.unet.register_forward_hook(lambda m, inputs, out: unet_sizes.append(tuple(inputs[0].shape[-2:])))]
     args = {"prompt": PROMPT, "seed": 1, **FAST, **kwargs, "callback": lambda *a: calls.append(a)}
     try:
         with pytest.raises(ValueError, match=message) as error:
@@ -154,7 +155,8 @@ def test_bad_input_is_refused_before_sampling(kwargs, field, message):
     finally:
         for hook in hooks:
             hook.remove()
-    assert calls == []  # nothing encoded, nothing sampled
+    assert calls == []  # nothing encoded, no step taken
+    assert set(unet_sizes) <= {(16, 16)}  # at most the size guard's timing of one native step
     if field is not None:
         assert isinstance(error.value, SettingsError) and error.value.field == field
 
@@ -166,7 +168,7 @@ def test_4096_squared_on_the_cpu_is_refused_at_once():
     with pytest.raises(SettingsError) as error:
         generate(pipe, "a red circle", steps=1, width=4096, height=4096, progress=False)
     assert error.value.field == "size" and error.value.limits["max_ratio"] == 16
-    assert re.search(r"≥ [\d.]+ GiB of activations", str(error.value))
+    assert re.search(r"≥ [\d.]+ GiB of activations and ≥ [\d.]+ (s|min|h) for 1 step here", str(error.value))
     assert generate(pipe, PROMPT, seed=1, width=256, height=256, **{**FAST, "steps": 1})[0].size == (256, 256)
 
 
@@ -196,10 +198,10 @@ def test_settings_come_back_as_objects_with_the_seed_resolved():
 def test_none_means_the_models_defaults():
     pipe = shipped_pipe()
     d = defaults_for(pipe)
-    assert (d.guidance, d.steps, d.sampler, d.width, d.height) == (5.0, 25, "euler_a", 64, 64)
+    assert (d.guidance, d.steps, d.sampler, d.width, d.height) == (2.0, 25, "euler_a", 64, 64)
     image = generate(pipe, PROMPT, seed=3, steps=2, progress=False)
-    assert image.settings[0].guidance == 5.0
-    explicit = generate(pipe, PROMPT, seed=3, steps=2, guidance=5.0, sampler="euler_a", width=64, height=64,
+    assert image.settings[0].guidance == 2.0
+    explicit = generate(pipe, PROMPT, seed=3, steps=2, guidance=2.0, sampler="euler_a", width=64, height=64,
                         progress=False)
     assert np.array_equal(pixels(image[0]), pixels(explicit[0]))
 

@@ -4,7 +4,13 @@ The public names below are imported on first use, so `import tutorial_ldm` stays
 chapter that only needs the noise schedule never loads diffusers.
 """
 
+import os
 from importlib import import_module
+
+# Before torch loads OpenMP (where it has not been imported yet): waiting worker threads sleep
+# instead of spinning. On a busy 2-core machine two spinning threads took 16 s for an image that
+# sleeping ones made in 1.8 s and one thread in 0.9 s (bench/threads.py; see devices.cpu_threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

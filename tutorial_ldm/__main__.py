@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _train(args) -> int:
     from .train import TrainConfig, train
 
@@ -15,7 +19,11 @@ def _train(args) -> int:
     for name in ("vae_steps", "unet_steps", "n_latents", "threads"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    train(args.run_dir, cfg, export_to=args.export)
+    try:
+        train(args.run_dir, cfg, export_to=args.export)
+    except (ValueError, TypeError, OSError) as e:  # bad input: one line, no traceback
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -33,10 +41,6 @@ def _quiet_libraries() -> None:
 def _outputs(out: Path, n: int) -> list[Path]:
     """out.png for one image; out-0.png, out-1.png, … for a batch."""
     return [out] if n == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(n)]
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _generate(args) -> int:
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", default="", help="negative prompt, same syntax")
     p.add_argument("--steps", type=int, default=None, help="default: the model's (25)")
     p.add_argument("--cfg", type=float, default=None,
-                   help="guidance scale; default: the model's (7 for SD, 5 for the shipped tiny model)")
+                   help="guidance scale; default: the model's (7 for SD, 2 for the shipped tiny model)")
     p.add_argument("--seed", type=int, default=-1, help="-1: random (printed, and saved in the PNG)")
     p.add_argument("--sampler", default=None, help="euler_a (default), euler, ddim, ddpm, dpmpp_2m, "
                    "dpmpp_2m_karras, or A1111's names (\"Euler a\", \"DPM++ 2M Karras\")")

@@ -34,12 +34,15 @@ def usable_cores() -> int:
 
 
 def cpu_threads() -> int:
-    """Threads for CPU generation: the cores not busy with other work, 1 … MAX_CPU_THREADS.
+    """Threads for CPU generation: $OMP_NUM_THREADS if set, else the cores not busy with other
+    work, 1 … MAX_CPU_THREADS.
 
     "Busy" is the 1-minute load average (runnable processes) less one for this process itself,
     where the OS reports it; without it (Windows) every usable core counts as free. On a loaded
     machine this is 1: a single thread never waits for another (bench/threads.py).
     """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])  # the user's own choice
     cores = usable_cores()
     try:
         others = max(0.0, os.getloadavg()[0] - 1)
@@ -53,6 +56,10 @@ def cpu_threads() -> int:
 def cpu_threads_for(device, threads: int | None = None):
     """Run the block with `threads` (default `cpu_threads()`) torch threads if `device` is the CPU;
     torch's setting is restored afterwards. Other devices are left alone."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        from .settings import SettingsError
+
+        raise SettingsError("threads", threads, "None (the free cores) or an integer ≥ 1")
     if torch.device(device).type != "cpu":
         yield
         return

@@ -18,6 +18,8 @@ in `image.info["parameters"]` (A1111's format, written into the PNG by `save_ima
 `generate_many` makes one image per prompt of a list, as numpy arrays or PIL images, optionally
 from given starting noise: what benchmarks, tests and the guidance sweep need. Both take their
 defaults from `settings.defaults_for(pipe)` and check through `settings.validate`.
+`sampler_for(pipe.scheduler)` names our sampler that equals a diffusers scheduler, so that code
+written for the stock pipeline (`guidance.generate_batch`) gets the same pixels through here.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def _sample_and_decode(pipe, s: GenerationSettings, prompts: list[str], seeds: l
     cond, uncond = _conditioning(pipe, prompts, s.negative_prompt, s.guidance, device)
     f = vae_factor(pipe)
     shape = (pipe.unet.config.in_channels, s.height // f, s.width // f)
+    # drawn also when `noise` is given, so that the generators stand where they would for the
+    # stochastic samplers' fresh noise
     start, generators = initial_noise(seeds, shape)
     if noise is not None:
         start = noise
@@ -137,7 +141,7 @@ def generate(
     has its settings in `image.info["parameters"]` (A1111 text).
 
     None means the model's default (`tutorial_ldm.settings.defaults_for(pipe)`: A1111's for SD,
-    what the model folder recommends otherwise, e.g. CFG 5 for the shipped tiny model).
+    what the model folder recommends otherwise, e.g. CFG 2 for the shipped tiny model).
     prompt, negative_prompt: A1111 syntax (`(word:1.3)`, `[word]`, `BREAK`), any length.
         An empty prompt is allowed: it is the unconditional prompt.
     steps: 1 … num_train_timesteps (1000 for SD).

@@ -10,6 +10,11 @@ Line 1+ is the prompt (it may span lines), then the negative prompt, then one li
 `key: value` pairs; a value containing `,` `:` or a newline is written as a JSON string. We write
 the same format and read ours or A1111's back (`read_parameters`), so an image can be
 regenerated from its own file, and A1111 images' settings can be reused here.
+
+Two things A1111's format cannot say, and how we say them: a prompt line that itself begins with
+`Negative prompt:` is written with one more leading backslash (`\\Negative prompt: …`; a line
+of backslashes and the marker gets one more, and reading takes one off), so it cannot be taken for
+the marker; and line breaks are `\\n` only (`\\r\\n` and `\\r` are read, and generated, as `\\n`).
 """
 
 from __future__ import annotations

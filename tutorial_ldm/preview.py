@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .autoencoder import encode_latents, vae_factor
+
 CALIBRATION_SCENES = 32  # world scenes the map is fitted on (seed 0): a few thousand latent cells
 CALIBRATION_SEED = 0
 
@@ -51,11 +53,7 @@ def least_squares_rgb(latents: torch.Tensor, rgb: torch.Tensor) -> LatentRGB:
 
 def vae_latents(vae, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] → latents as the UNet sees them (the mean of the posterior, scaled)."""
-    param = next(vae.parameters())
-    with torch.no_grad():
-        z = vae.encode(images.to(param.device, param.dtype)).latent_dist.mean.float().cpu()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (z - shift) * vae.config.scaling_factor
+    return encode_latents(vae, images).float().cpu()
 
 
 def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
@@ -64,7 +62,7 @@ def fit_latent_rgb(vae, images: torch.Tensor | None = None) -> LatentRGB:
         from .world import render_batch, sample_scenes
 
         images = torch.from_numpy(render_batch(sample_scenes(CALIBRATION_SCENES, CALIBRATION_SEED)))
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    f = vae_factor(vae)
     latents = vae_latents(vae, images)
     if not torch.isfinite(latents).all():  # e.g. a float16 VAE that overflows
         raise FloatingPointError(f"the {next(vae.parameters()).dtype} VAE encoded non-finite latents; "

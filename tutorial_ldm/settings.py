@@ -7,7 +7,7 @@
 through `validate`, so they agree for the same model. The defaults are A1111's for Stable
 Diffusion (CFG 7, the model's native size) unless the model folder says otherwise: a
 `generation_defaults.json` beside its `model_index.json` may recommend `steps`, `sampler` and
-`guidance` (the shipped tiny model recommends CFG 5, and says why, in its own file).
+`guidance` (the shipped tiny model recommends CFG 2, and says why, in its own file).
 
 Every refusal is a `SettingsError` (a ValueError) that names the field, the bad value and what
 is allowed, in one line; its attributes let a UI say the same in its own language.
@@ -24,9 +24,10 @@ MAX_SEED = 2**32 - 1  # A1111's seeds are unsigned 32-bit
 MODEL_DEFAULTS_FILE = "generation_defaults.json"  # beside model_index.json
 RECOMMENDABLE = ("steps", "sampler", "guidance")  # what a model folder may recommend
 # Past this many times the model's native pixels per image, generation is refused on this kind
-# of device (the UNet's cost grows with the pixels, its attention with their square). The
-# studio's sliders stop at 4× the native side, 16× the pixels: always allowed on the CPU.
-MAX_PIXEL_RATIO = {"cpu": 16, "mps": 64, "cuda": 256}
+# of device (the UNet's cost grows with the pixels, its attention with their square: 4096×4096
+# for the 64×64 tiny model is 4096× the pixels, hours of CPU). The studio's sliders stop at 4×
+# the native side, 16× the pixels: always allowed, also on the CPU.
+MAX_PIXEL_RATIO = {"cpu": 16}  # per device type; GPUs: DEFAULT_PIXEL_RATIO (SD 1.5 up to 4096×4096)
 DEFAULT_PIXEL_RATIO = 64
 
 
@@ -89,7 +90,14 @@ def model_folder_defaults(pipe) -> dict:
     path = source / MODEL_DEFAULTS_FILE
     if not source.is_dir() or not path.is_file():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); expected recommended settings such "
+                         'as {"guidance": 5.0}') from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}; expected a JSON object such as "
+                         '{"guidance": 5.0}')
     return {key: data[key] for key in RECOMMENDABLE if key in data}
 
 
@@ -170,52 +178,89 @@ def check_callback(value):
     return value
 
 
-def check_size(width: int, height: int, pipe, batch_size: int = 1, device=None) -> None:
-    """Refuse a size far beyond the model's native one for this device, before any work.
+def check_device(pipe):
+    """The device the pipeline computes on; the meta device (shapes without values) is refused."""
+    device = pipe._execution_device
+    if device.type == "meta":
+        raise SettingsError("device", device.type, "a device that computes (cpu, cuda, mps): meta "
+                            "tensors have shapes but no values")
+    return device
 
-    The estimate, with the numbers a student can check: the UNet's work per step grows with the
-    latent cells, its self-attention with their square; 4096×4096 for a 64×64 model is 4096× the
-    pixels and ~1.7·10⁷× the attention of a native image: hours of CPU time, many GB of memory.
-    """
+
+def check_size(width: int, height: int, pipe, batch_size: int = 1, steps: int = 1) -> None:
+    """Refuse a size far beyond the model's native one on this kind of device, before any work,
+    with an estimate of what it would cost (`size_estimate`)."""
     from .autoencoder import native_size
 
     native_w, native_h = native_size(pipe)
     ratio = width * height / (native_w * native_h)
-    device = device if device is not None else pipe._execution_device
-    kind = getattr(device, "type", str(device))
-    if kind == "meta":
-        raise SettingsError("device", kind, "a device that computes (cpu, cuda, mps): meta tensors "
-                            "have shapes but no values")
+    kind = check_device(pipe).type
     limit = MAX_PIXEL_RATIO.get(kind, DEFAULT_PIXEL_RATIO)
     if ratio <= limit:
         return
-    estimate = size_estimate(pipe, width, height, batch_size)
+    e = size_estimate(pipe, width, height, batch_size, steps)
     side = math.isqrt(limit)
     raise SettingsError(
         "size", f"{width}x{height}",
         f"at most {limit}× the model's native {native_w}×{native_h} pixels on {kind} "
         f"(e.g. {native_w * side}×{native_h * side})",
         limits={"max_ratio": limit, "native": (native_w, native_h)},
-        note=f"{ratio:g}× the native pixels; estimated {estimate['attention_ratio']:.3g}× the "
-             f"attention work of a native image and ≥ {estimate['gib']:.3g} GiB of activations",
+        note=f"{ratio:g}× the native pixels; estimated {e['attention_ratio']:.3g}× the attention work "
+             f"of a native image, ≥ {e['gib']:.3g} GiB of activations and ≥ {_duration(e['seconds'])} "
+             f"for {steps} step{'s' if steps != 1 else ''} here",
     )
 
 
-def size_estimate(pipe, width: int, height: int, batch_size: int = 1) -> dict:
-    """Rough cost of one UNet step at this size relative to the native size: pixel ratio, attention
-    ratio (its square) and a lower bound on the activation memory (the first level's feature map,
-    for both halves of classifier-free guidance, kept a few times over by the blocks)."""
+def size_estimate(pipe, width: int, height: int, batch_size: int = 1, steps: int = 1) -> dict:
+    """What generating at this size would cost, against the native size, as lower bounds.
+
+    - pixel_ratio r: pixels per image over the native ones; convolutions cost ∝ r, self-attention
+      over the latent cells ∝ r² (attention_ratio);
+    - gib: the first level's feature maps (C₀ channels at the latent size, both halves of
+      classifier-free guidance), of which a UNet block keeps about 8 alive at once;
+    - seconds: one native-size UNet evaluation, timed now on this device, × r × steps × batch
+      (the linear part alone: attention only adds to it).
+    """
     from .autoencoder import native_size, vae_factor
 
     native_w, native_h = native_size(pipe)
     ratio = width * height / (native_w * native_h)
     f = vae_factor(pipe)
     cells = (width // f) * (height // f)
-    channels = pipe.unet.config.block_out_channels[0]
-    bytes_per = pipe.unet.dtype.itemsize
-    layers_alive = 8  # resnet in/out, norm, attention q/k/v/out at the first level
-    gib = 2 * batch_size * cells * channels * bytes_per * layers_alive / 2**30
-    return {"pixel_ratio": ratio, "attention_ratio": ratio**2, "gib": gib}
+    unet = pipe.unet
+    gib = 2 * batch_size * cells * unet.config.block_out_channels[0] * unet.dtype.itemsize * 8 / 2**30
+    return {"pixel_ratio": ratio, "attention_ratio": ratio**2, "gib": gib,
+            "seconds": _native_step_seconds(pipe) * ratio * steps * batch_size}
+
+
+def _native_step_seconds(pipe) -> float:
+    """Seconds of one UNet evaluation at the native size (batch 2: guidance's two halves), the
+    faster of two."""
+    import time
+
+    import torch
+
+    unet, device = pipe.unet, pipe._execution_device
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.zeros(2, unet.config.in_channels, h, w, device=device, dtype=unet.dtype)
+    context = torch.zeros(2, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    seconds = []
+    with torch.no_grad():
+        for _ in range(2):  # the first call also pays one-off costs (allocation, kernel choice)
+            start = time.perf_counter()
+            unet(x, 500, encoder_hidden_states=context, return_dict=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 # ----------------------------------------------------------------------------- the validator
@@ -242,6 +287,6 @@ def validate(settings: GenerationSettings, pipe, *, batch_size: int = 1) -> Gene
     s.height = native_h if s.height is None else s.height
     check_side("width", s.width, vae_factor(pipe))
     check_side("height", s.height, vae_factor(pipe))
-    check_size(s.width, s.height, pipe, batch_size)
+    check_size(s.width, s.height, pipe, batch_size, s.steps)
     s.model = s.model or model_name(pipe)
     return s

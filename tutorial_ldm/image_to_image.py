@@ -430,38 +430,3 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
     return "\n".join(lines + ["  ".join(cell(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows])
 
-
-# ----------------------------------------------------------------------------- chapter 7's figures
-# (here until a shared tutorial_ldm.plotting lands on main)
-
-
-def plot_images(images, titles, *, suptitle: str | None = None):
-    """A row of images with a title each; returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(images), figsize=(1.9 * len(images), 2.2), squeeze=False)
-    for ax, image, title in zip(axes[0], images, titles):
-        ax.imshow(image, cmap="gray" if np.asarray(image).ndim == 2 else None, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_strength_sweep(rows: list[dict]):
-    """Success of the colour change and of the move, and PSNR to the source, against strength."""
-    import matplotlib.pyplot as plt
-
-    strengths = [r["strength"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for name, label in (("colour", f"colour: “{RECOLOUR}”"), ("move", f"move: “{MOVE}”")):
-        left.plot(strengths, [r[name] for r in rows], "o-", label=label)
-        right.plot(strengths, [r[f"{name}_psnr"] for r in rows], "o-", label=label)
-    left.set(xlabel="strength (denoising)", ylabel="success (share of seeds)", ylim=(-0.05, 1.05),
-             title="what img2img changes")
-    right.set(xlabel="strength (denoising)", ylabel="PSNR to the source (dB)", title="how far it moves away")
-    left.legend(fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -112,3 +112,31 @@ def test_nan_guard_covers_the_sdxl_vae():
     finally:
         handle.remove()
     assert pipe.vae.dtype == torch.float16 and np.asarray(image).std() > 0
+
+
+def test_an_inpainting_checkpoint_is_refused_for_text_to_image_with_a_reason():
+    from tiny_sd import build_tiny
+
+    from tutorial_ldm.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"model='a UNet with 9 input channels' must be a text-to-image model.*"
+                                            r"use it for inpainting") as e:
+        generate(build_tiny("sd1-inpainting"), PROMPT, **FAST)
+    assert e.value.field == "model"
+
+
+def test_sample_needs_sdxls_added_conditioning():
+    from tutorial_ldm.samplers import sample
+
+    pipe = sdxl()
+    cond, uncond, pooled, negative_pooled = encode_prompts_sdxl(pipe, PROMPT)
+    noise = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"this UNet takes added_cond \(SDXL's text_embeds and time_ids\)"):
+        sample("ddim", pipe.unet, noise, pipe.scheduler.config, steps=1, cond=cond, uncond=uncond, guidance=5.0)
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([size_time_ids(64, 64)], dtype=torch.float32)}
+    with pytest.raises(ValueError, match=r"give added_uncond too"):
+        sample("ddim", pipe.unet, noise, pipe.scheduler.config, steps=1, cond=cond, uncond=uncond, guidance=5.0,
+               added_cond=added)
+    latents = sample("ddim", pipe.unet, noise, pipe.scheduler.config, steps=1, cond=cond, uncond=uncond,
+                     guidance=5.0, added_cond=added, added_uncond={**added, "text_embeds": negative_pooled})
+    assert latents.shape == noise.shape and torch.isfinite(latents).all()

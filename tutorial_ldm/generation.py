@@ -72,6 +72,16 @@ def _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, wid
     return validate(given, pipe, batch_size=batch_size)
 
 
+def check_txt2img(pipe) -> None:
+    """Text to image needs a UNet that takes latents alone; an inpainting UNet (9 channels: latents,
+    mask, masked image) is refused with a pointer to where it is used."""
+    unet_in, latent = pipe.unet.config.in_channels, pipe.vae.config.latent_channels
+    if unet_in != latent:
+        raise SettingsError("model", f"a UNet with {unet_in} input channels",
+                            f"a text-to-image model, whose UNet takes the {latent} latent channels alone "
+                            "(an inpainting checkpoint also takes a mask and a masked image: use it for inpainting)")
+
+
 def is_sdxl(pipe) -> bool:
     """Whether the UNet is SDXL's: conditioned also on a pooled text embedding and the image
     size (`added_cond_kwargs`, Podell et al. 2023, §2.2)."""
@@ -201,6 +211,7 @@ def generate(
     Bad settings raise `SettingsError` (a ValueError naming the field) before any work.
     """
     check_callback(callback)
+    check_txt2img(pipe)
     s = _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height, batch_size,
                   clip_skip)
     if s.seed == -1:
@@ -259,6 +270,7 @@ def generate_many(
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise SettingsError("prompts", prompts, "a non-empty list of prompts")
     prompts = [check_text("prompts", p) for p in prompts]
+    check_txt2img(pipe)
     s = _settings(pipe, prompts[0], negative_prompt, steps, guidance, seed, sampler, width, height,
                   len(prompts), clip_skip)
     if s.seed == -1:

@@ -18,7 +18,8 @@ the denoiser at every rung what the clean latent looks like. The code is shaped 
   and `callback(i, n, x, x0)` sees the latents and x̂₀ after each step;
 - one record per sampler, `Sampler` (its function, A1111 name, diffusers twin, kind of σ's), in
   one registry, `REGISTRY`, from which `SAMPLERS`, `A1111_NAMES` and `FROM_A1111` are read;
-- `sample(name, unet, noise, scheduler_config, ...)`, the entry point of `tutorial_ldm.generate`.
+- `sample(name, unet, noise, scheduler_config, ...)`, the entry point of `tutorial_ldm.generate`;
+  for SDXL it also takes the UNet's `added_cond` / `added_uncond` (pooled text, size `time_ids`).
 
 The two ways of writing the same forward process:
 

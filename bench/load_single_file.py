@@ -16,7 +16,8 @@ peak resident memory (ru_maxrss):
 
 Both end with the same float32 pipeline on the CPU; the difference is our detection and config
 writing. Ours then generates one image (1 step, 64×64: that it runs, not how fast at full size),
-after computing A1111's model hash of the file, and prints the image's A1111 text. Timings depend on the disk cache: the first run reads the file from disk.
+after computing A1111's model hash of the file, and prints the image's A1111 text. Timings
+depend on the disk cache: the first run reads the file from disk.
 """
 
 from __future__ import annotations

@@ -140,16 +140,18 @@ def test_vae_clip_skip_and_prediction_type_options(tmp_path, capsys, monkeypatch
     shutil.copy(tiny_single_file("sd1").file, checkpoint)
     a_vae_file(tmp_path / "other-vae.safetensors")
     out = tmp_path / "out.png"
-    code = main(["generate", "a red circle", "--model", str(checkpoint), "--vae", str(tmp_path / "other-vae.safetensors"),
+    vae = tmp_path / "other-vae.safetensors"
+    code = main(["generate", "a red circle", "--model", str(checkpoint), "--vae", str(vae),
                  "--clip-skip", "2", "--prediction-type", "epsilon", "--steps", "1", "--seed", "3",
                  "--width", "64", "--height", "64", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     s = read_parameters(out)
-    short = {p: hashlib.sha256(p.read_bytes()).hexdigest()[:10] for p in (checkpoint, tmp_path / "other-vae.safetensors")}
+    short = {p: hashlib.sha256(p.read_bytes()).hexdigest()[:10] for p in (checkpoint, vae)}
     assert (s.model, s.model_hash, s.vae, s.vae_hash, s.clip_skip) == (
-        "model", short[checkpoint], "other-vae.safetensors", short[tmp_path / "other-vae.safetensors"], 2)
+        "model", short[checkpoint], "other-vae.safetensors", short[vae], 2)
     assert main(["generate", "x", "--model", str(checkpoint), "--vae", "None", "--steps", "1",
                  "--out", str(tmp_path / "own.png")]) == 0
     assert read_parameters(tmp_path / "own.png").vae == ""
-    assert main(["generate", "x", "--model", str(checkpoint), "--clip-skip", "0", "--out", str(tmp_path / "bad.png")]) == 2
+    bad = tmp_path / "bad.png"
+    assert main(["generate", "x", "--model", str(checkpoint), "--clip-skip", "0", "--out", str(bad)]) == 2
     assert "clip_skip=0 must be an integer from 1" in capsys.readouterr().err

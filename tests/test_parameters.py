@@ -106,7 +106,8 @@ def test_old_a1111_text_is_written_in_the_newer_pair():
 
 
 def test_a_schedule_we_do_not_have_is_not_silently_dropped():
-    s = GenerationSettings.from_text("a cat\nSteps: 20, Sampler: Euler, Schedule type: Exponential, CFG scale: 7, Seed: 1")
+    s = GenerationSettings.from_text("a cat\nSteps: 20, Sampler: Euler, Schedule type: Exponential, "
+                                     "CFG scale: 7, Seed: 1")
     assert s.sampler == "Euler Exponential" and "Schedule type" not in s.extra
 
 

@@ -591,7 +591,8 @@ def test_vae_choice_clip_skip_and_an_sdxl_checkpoint(tmp_path, monkeypatch):
     app.wait(timeout=120)
     app.model.value = str(models / "xl.safetensors")
     app.wait(timeout=120)
-    assert type(app.pipe).__name__ == "StableDiffusionXLPipeline" and (app.width.value, app.height.value) == (1024, 1024)
+    assert type(app.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert (app.width.value, app.height.value) == (1024, 1024)
     app.width.value = app.height.value = 64
     s = read_parameters(click(app)[0])
     assert (s.model, s.vae, s.width) == ("xl", "", 64) and not is_error(app)

@@ -101,7 +101,8 @@ def _encode(pipe, prompt: str, negative_prompt: str, guidance: float, device, cl
         return cond, None, pooled, None
     if guidance > 1:  # classifier-free guidance needs the negative prompt too
         return (*encode_prompts(pipe, prompt, negative_prompt, device=device, clip_skip=clip_skip), None, None)
-    return encode_weighted(pipe.tokenizer, pipe.text_encoder, prompt, device=device, clip_skip=clip_skip), None, None, None
+    cond = encode_weighted(pipe.tokenizer, pipe.text_encoder, prompt, device=device, clip_skip=clip_skip)
+    return cond, None, None, None
 
 
 def size_time_ids(width: int, height: int) -> list[int]:

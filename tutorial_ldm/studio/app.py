@@ -53,7 +53,8 @@ _LABELS = (
     ("refresh_button", "refresh", "refresh_tip"), ("vae", "vae", "vae_tip"), ("prompt", "prompt", None),
     ("negative_prompt", "negative_prompt", None), ("weights_button", "show_weights", "weights_tip"),
     ("sampler", "sampler", None), ("steps", "steps", None), ("cfg", "cfg", "cfg_tip"),
-    ("clip_skip", "clip_skip", "clip_skip_tip"), ("seed", "seed", "seed_tip"), ("random_seed_button", "random_seed", "random_seed_tip"),
+    ("clip_skip", "clip_skip", "clip_skip_tip"), ("seed", "seed", "seed_tip"),
+    ("random_seed_button", "random_seed", "random_seed_tip"),
     ("reuse_seed_button", "reuse_seed", "reuse_seed_tip"), ("width", "width", None),
     ("height", "height", None), ("batch_size", "batch_size", "batch_size_tip"),
     ("batch_count", "batch_count", "batch_count_tip"), ("generate_button", "generate", None),
@@ -364,8 +365,9 @@ class Studio(w.VBox):
         label = self._model_label(value)
         self._say("loading", model=label)
         try:
+            options = {"vae": self.vae.value or _AUTOMATIC, **self.load_options}
             pipe = self._given if value == _GIVEN else _quiet(load_pipeline, None if value == _SHIPPED else value,
-                                                             **{"vae": self.vae.value or _AUTOMATIC, **self.load_options})
+                                                             **options)
         except Exception as e:  # any failure to load is shown; the app keeps its model
             current = self._model_label(self._loaded) if self.pipe is not None else "—"
             self._say(lambda lang, e=e: STRINGS[lang]["load_failed"].format(

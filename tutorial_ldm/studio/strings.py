@@ -123,7 +123,8 @@ STRINGS = {
         "vae_automatic": "自动",
         "vae_none": "无",
         "clip_skip": "Clip 跳过层",
-        "clip_skip_tip": "1 = 文本编码器的最后一层；2 = 倒数第二层（许多动漫检查点需要；SDXL 与 A1111 一样忽略它）",
+        "clip_skip_tip": "1 = 文本编码器的最后一层；2 = 倒数第二层"
+                         "（许多动漫检查点需要；SDXL 与 A1111 一样忽略它）",
         "prompt": "提示词",
         "prompt_placeholder": "要画什么，例如 a red circle on the left。(词:1.3) 表示加大权重",
         "negative_prompt": "反向提示词",

@@ -115,7 +115,8 @@ def _conditioning(pipe, prompts: list[str], negative_prompt: str, guidance: floa
                   clip_skip: int = 1, size: tuple[int, int] | None = None) -> dict:
     """The text conditioning of `samplers.sample` for a batch of prompts, A1111-weighted: cond,
     uncond (None without guidance), and for SDXL added_cond / added_uncond (the pooled
-    embeddings as `text_embeds`, `size_time_ids(*size)` as `time_ids`, per CFG half).
+    embeddings as `text_embeds`, `size_time_ids(*size)` as `time_ids`, per CFG half; size
+    (width, height) defaults to the native one).
     Each distinct prompt is encoded once; prompts of different lengths (in 77-token chunks) are
     padded with the empty prompt's chunk, as A1111 pads cond and uncond."""
     encoded = {p: _encode(pipe, p, negative_prompt, guidance, device, clip_skip) for p in dict.fromkeys(prompts)}
@@ -135,7 +136,7 @@ def _conditioning(pipe, prompts: list[str], negative_prompt: str, guidance: floa
 
     out = dict(cond=batch(0), uncond=batch(1), added_cond=None, added_uncond=None)
     if is_sdxl(pipe):
-        time_ids = out["cond"].new_tensor([size_time_ids(*size)] * len(prompts))
+        time_ids = out["cond"].new_tensor([size_time_ids(*(size or native_size(pipe)))] * len(prompts))
         out["added_cond"] = {"text_embeds": batch(2), "time_ids": time_ids}
         if out["uncond"] is not None:
             out["added_uncond"] = {"text_embeds": batch(3), "time_ids": time_ids}

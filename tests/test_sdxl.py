@@ -3,6 +3,7 @@ equal to diffusers' StableDiffusionXLPipeline with the matching scheduler (issue
 
 import functools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -140,3 +141,13 @@ def test_sample_needs_sdxls_added_conditioning():
     latents = sample("ddim", pipe.unet, noise, pipe.scheduler.config, steps=1, cond=cond, uncond=uncond,
                      guidance=5.0, added_cond=added, added_uncond={**added, "text_embeds": negative_pooled})
     assert latents.shape == noise.shape and torch.isfinite(latents).all()
+
+
+def test_size_guard_times_sdxls_unet_with_its_added_conditioning():
+    """The cost estimate behind the size guard runs one native-size UNet step: for SDXL with
+    the pooled embedding and time_ids it needs."""
+    from tutorial_ldm.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"at most 16× the model's native 1024×1024 pixels on cpu") as e:
+        generate(sdxl(), PROMPT, steps=1, width=8192, height=8192, progress=False)
+    assert e.value.field == "size" and re.search(r"≥ [\d.]+ (s|min|h) for 1 step here", str(e.value))

@@ -65,7 +65,7 @@ def test_bad_input_one_line_no_traceback_no_file(tmp_path, args, message):
     (["--batch-size", "0"], "error: batch_size=0 must be an integer ≥ 1"),
     (["--sampler", "magic"], "error: sampler='magic' must be one of ddpm, ddim"),
     (["--width", "4096", "--height", "4096"], "error: size='4096x4096' must be at most 16× the model's native"),
-    (["--device", "meta"], "error: device='meta' must be a device that computes"),
+    (["--device", "meta"], "error: device 'meta' is not supported here; allowed: 'cpu', 'cuda'"),
     (["--device", "xla"], "error: "),
     (["--out", "out.jpg"], "error: --out out.jpg: images are saved as .png"),
 ])

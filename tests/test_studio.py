@@ -3,6 +3,7 @@
 Every run is the shipped tiny model at 64×64 with a few steps, so the whole file stays quick.
 """
 
+import json
 import html
 import io
 import os
@@ -28,7 +29,8 @@ from tutorial_ldm.autoencoder import native_size
 from tutorial_ldm.generation import generate
 from tutorial_ldm.loading import load_pipeline
 from tutorial_ldm.parameters import read_parameters, save_image
-from tutorial_ldm.settings import defaults_for
+from tutorial_ldm.paths import SHIPPED_MODEL
+from tutorial_ldm.settings import GenerationSettings, defaults_for
 from tutorial_ldm.studio import STRINGS, studio
 from tutorial_ldm.studio.job import Job
 from tutorial_ldm.studio.render import PIXELATED, STALE
@@ -77,7 +79,8 @@ def test_public_attributes_and_defaults(app):
     defaults = defaults_for(pipe)  # the one home of defaults: the studio shows the same
     assert (app.cfg.value, app.sampler.value) == (defaults.guidance, defaults.sampler)
     assert app.steps.value == app.steps_slider.value == STEPS  # the fixture's, typed into the box
-    assert app.cfg.value == 2  # the tiny model's own guidance (assets/tiny-ldm/generation_defaults.json)
+    recommended = json.loads((SHIPPED_MODEL / "generation_defaults.json").read_text())["guidance"]
+    assert app.cfg.value == recommended != GenerationSettings().guidance  # the tiny model's own, not SD's
     assert app.model.value == "given" and len(app.model.options) == 1  # the shipped one, not twice
     assert ("Euler a", "euler_a") in app.sampler.options
     assert not is_error(app) and "Ready" in status(app)
@@ -135,7 +138,7 @@ def test_batch_count_runs_batches_one_after_another(app):
     assert len(images) == 4 and [s.seed for s in app.last_settings] == [10, 11, 12, 13]
     assert app.progress.max == 2 * STEPS and progress[-2 * STEPS:] == list(range(1, 2 * STEPS + 1))
     assert "4 image(s)" in status(app) and "seed 10–13" in status(app)
-    second = generate(shipped_pipe(), app.prompt.value, steps=STEPS, guidance=app.cfg.value, seed=12, batch_size=2,
+    second = generate(shipped_pipe(), app.prompt.value, steps=STEPS, seed=12, batch_size=2,
                       progress=False)  # the second batch is generate's batch at seed 12
     for ours, theirs in zip(images[2:], second):
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))

@@ -13,17 +13,21 @@ def _one_line(e: BaseException) -> str:
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, train
+    _quiet_libraries()
+    from .tiny_model import TinyLDMConfig
+    from .train import TrainConfig, check_run, train
 
     cfg = TrainConfig(seed=args.seed)
-    for name in ("vae_steps", "unet_steps", "n_latents", "threads"):
+    for name in ("vae_steps", "unet_steps", "n_latents", "threads", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     try:
-        train(args.run_dir, cfg, export_to=args.export)
+        model_cfg = TinyLDMConfig(languages=tuple(dict.fromkeys(["en", *args.languages])))
+        check_run(args.run_dir, cfg, args.export)
     except (ValueError, TypeError, OSError) as e:  # bad input: one line, no traceback
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    train(args.run_dir, cfg, model_cfg, export_to=args.export)
     return 0
 
 
@@ -93,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-latents", type=int, default=None)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: every core; 1 is faster when other jobs share the CPU)")
+    p.add_argument("--languages", nargs="+", choices=["en", "zh"], default=["en"],
+                   help="caption languages; en zh: each scene captioned as often in Chinese as in English")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints (default 250); a rerun resumes from the last one")
+    p.error = lambda message: p.exit(2, f"error: {message}\n")
     p.set_defaults(func=_train)
 
     # None: the model's own default (tutorial_ldm.settings.defaults_for), as generate() and the studio

@@ -18,6 +18,8 @@ in `image.info["parameters"]` (A1111's format, written into the PNG by `save_ima
 `generate_many` makes one image per prompt of a list, as numpy arrays or PIL images, optionally
 from given starting noise: what benchmarks, tests and the guidance sweep need. Both take their
 defaults from `settings.defaults_for(pipe)` and check through `settings.validate`.
+`sampler_for(pipe.scheduler)` names our sampler that equals a diffusers scheduler, so that code
+written for the stock pipeline (`guidance.generate_batch`) gets the same pixels through here.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def generate(
     callback(i, total, x, denoised): after every step, e.g. to drive a UI's progress bar or
         preview `denoised` (the current prediction of the clean latents).
     progress: a tqdm bar; None shows it only once sampling has taken more than 2 s.
-    threads: torch threads on the CPU (default `devices.cpu_threads()`: the free cores); the last
+    threads: torch threads on the CPU (default `devices.cpu_threads(pipe.unet)`: chosen for the model, never for the load); the last
         bit of a float, and so rarely one level of a pixel, can depend on it.
     clip_skip: A1111's Clip skip, 1 (the last layer, default) or 2 (the penultimate layer, then
         the final layer norm; what many anime checkpoints are made for), …; SDXL ignores it, as A1111.
@@ -228,7 +230,7 @@ def generate(
             callback(i, total, x, denoised)
 
     try:
-        with cpu_threads_for(pipe._execution_device, threads):
+        with cpu_threads_for(pipe._execution_device, threads, pipe.unet):
             x = _sample_and_decode(pipe, s, [s.prompt] * batch_size, seeds, callback=on_step, per_image=True)
     finally:
         bar.close()
@@ -289,7 +291,7 @@ def generate_many(
     bar = tqdm(total=len(prompts), desc="generating", unit="image",
                disable=progress is False, delay=PROGRESS_DELAY if progress is None else 0)
     try:
-        with cpu_threads_for(pipe._execution_device, threads):
+        with cpu_threads_for(pipe._execution_device, threads, pipe.unet):
             for i in range(0, len(prompts), batch):
                 part = slice(i, i + batch)
                 x = _sample_and_decode(pipe, s, prompts[part], [u.seed for u in used[part]],

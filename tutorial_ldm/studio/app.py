@@ -15,7 +15,6 @@ import io
 import re
 import secrets
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -366,8 +365,7 @@ class Studio(w.VBox):
         self._say("loading", model=label)
         try:
             options = {"vae": self.vae.value or _AUTOMATIC, **self.load_options}
-            pipe = self._given if value == _GIVEN else _quiet(load_pipeline, None if value == _SHIPPED else value,
-                                                             **options)
+            pipe = self._given if value == _GIVEN else load_pipeline(None if value == _SHIPPED else value, **options)
         except Exception as e:  # any failure to load is shown; the app keeps its model
             current = self._model_label(self._loaded) if self.pipe is not None else "—"
             self._say(lambda lang, e=e: STRINGS[lang]["load_failed"].format(
@@ -597,28 +595,6 @@ def _relative(path: Path, folder: Path) -> str:
 def _is_shipped(pipe) -> bool:
     source = pipe.config.get("_name_or_path")
     return source is not None and Path(str(source)).resolve() == SHIPPED_MODEL
-
-
-def _quiet(load, *args, **kwargs):
-    """load(*args, **kwargs) without loading bars from diffusers and transformers: the status says "Loading…"."""
-    with _no_progress_bars():
-        return load(*args, **kwargs)
-
-
-@contextmanager
-def _no_progress_bars():
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = [lib.enable_progress_bar for lib in (diffusers_logging, transformers_logging)
-               if lib.is_progress_bar_enabled()]
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for enable in restore:
-            enable()
 
 
 def _empty_cuda_cache() -> None:

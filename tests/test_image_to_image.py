@@ -158,7 +158,8 @@ def test_img2img_text_is_a1111s_and_regenerates(tmp_path):
     pipe = shipped_pipe()
     out = img2img(pipe, source(), PROMPT, NEGATIVE, strength=0.55, seed=9, **FAST)[0]
     assert out.info["parameters"].splitlines()[-1] == (
-        "Steps: 6, Sampler: Euler a, CFG scale: 3, Seed: 9, Size: 64x64, Model: tiny-ldm, Denoising strength: 0.55")
+        "Steps: 6, Sampler: Euler a, Schedule type: Automatic, CFG scale: 3, Seed: 9, Size: 64x64, Model: tiny-ldm, "
+        "Denoising strength: 0.55, Version: tutorial-ldm 0.1.0")
     s = read_parameters(save_image(out, tmp_path / "out.png"))
     again = img2img(pipe, source(), **s.generate_kwargs(), progress=False)[0]
     assert again.tobytes() == out.tobytes()
@@ -167,7 +168,7 @@ def test_img2img_text_is_a1111s_and_regenerates(tmp_path):
 def test_inpaint_text_is_a1111s_and_regenerates_with_the_same_mask():
     pipe = shipped_pipe()
     out = inpaint(pipe, source(), left_half_mask(), "a green square on the left", seed=4, **FAST)[0]
-    assert out.info["parameters"].endswith("Denoising strength: 1, Mask blur: 4")
+    assert out.info["parameters"].endswith("Denoising strength: 1, Mask blur: 4, Version: tutorial-ldm 0.1.0")
     again = inpaint(pipe, source(), left_half_mask(), **read_parameters(out).generate_kwargs(), progress=False)[0]
     assert again.tobytes() == out.tobytes()
 
@@ -192,8 +193,8 @@ def test_hires_fix_doubles_the_size_and_records_it(upscaler):
     assert out[0].size == (128, 128)
     assert calls == [(16, 16)] * 6 + [(32, 32)] * 2  # int(4 · 0.5) steps at the new size
     text = out[0].info["parameters"].splitlines()[-1]
-    assert text.endswith(f"Size: 64x64, Model: tiny-ldm, Hires upscale: 2, Hires steps: 4, "
-                         f"Hires upscaler: {upscaler}, Denoising strength: 0.5")
+    assert text.endswith(f"Size: 64x64, Model: tiny-ldm, Denoising strength: 0.5, Hires upscale: 2, "
+                         f"Hires steps: 4, Hires upscaler: {upscaler}, Version: tutorial-ldm 0.1.0")
     again = generate(pipe, **read_parameters(out[0]).generate_kwargs(), progress=False)[0]
     assert again.tobytes() == out[0].tobytes()
 
@@ -260,3 +261,58 @@ def test_no_note_for_an_image_of_the_right_size():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ImageNote)
         img2img(shipped_pipe(), source(), PROMPT, seed=1, **FAST)
+
+
+# --- SDXL: the same three tasks with its added conditioning (pooled text, size time_ids) ----------
+
+@functools.lru_cache(maxsize=None)
+def tiny_sdxl():
+    from tiny_sd import tiny_single_file
+
+    from tutorial_ldm.loading import load_pipeline
+
+    return load_pipeline(tiny_single_file("sdxl").file, device="cpu", dtype=torch.float32)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a"])
+def test_sdxl_img2img_equals_diffusers_sdxl_img2img_pipeline(sampler):
+    """Our latents of the image given to StableDiffusionXLImg2ImgPipeline: the same steps, the
+    same time_ids (original = target = the image's size, crop (0, 0)), the same latents."""
+    import diffusers
+
+    from tutorial_ldm.prompts import encode_prompts_sdxl
+
+    pipe = tiny_sdxl()
+    trace, callback = recorder()
+    out = img2img(pipe, source(), PROMPT, NEGATIVE, strength=0.6, seed=5, sampler=sampler, callback=callback, **FAST)
+    assert out[0].size == (64, 64) and len(trace) == 3
+    stock = diffusers.StableDiffusionXLImg2ImgPipeline.from_pipe(
+        pipe, scheduler=to_diffusers(sampler, pipe.scheduler.config))
+    stock.set_progress_bar_config(disable=True)
+    cond, uncond, pooled, negative_pooled = encode_prompts_sdxl(pipe, PROMPT, NEGATIVE)
+    theirs = []
+    stock(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=pooled,
+          negative_pooled_prompt_embeds=negative_pooled, image=encode_latents(pipe, to_tensor(np.asarray(source()))),
+          strength=0.6, num_inference_steps=FAST["steps"], guidance_scale=FAST["guidance"],
+          generator=torch.Generator().manual_seed(5), output_type="latent",
+          callback_on_step_end=lambda _p, i, t, kw: (theirs.append(kw["latents"].clone()), kw)[1])
+    assert_same_trace(trace, theirs)
+
+
+def test_sdxl_hires_fix_and_inpaint_run_and_batches_are_exact():
+    """The second pass is conditioned on its own size; image k of a batch is the one made alone."""
+    pipe = tiny_sdxl()
+    small = dict(FAST, width=64, height=64)
+    out = generate(pipe, PROMPT, NEGATIVE, seed=2, batch_size=2, hires_upscale=1.5, hires_steps=4,
+                   hires_denoising=0.5, **small)
+    assert out[1].size == (96, 96) and out.settings[1].seed == 3
+    alone = generate(pipe, PROMPT, NEGATIVE, seed=3, hires_upscale=1.5, hires_steps=4, hires_denoising=0.5, **small)
+    assert alone[0].tobytes() == out[1].tobytes()
+    assert read_parameters(out[0]).hires_upscale == 1.5
+    from PIL import Image
+
+    mask = left_half_mask()
+    painted = inpaint(pipe, source(), mask, PROMPT, NEGATIVE, seed=4, batch_size=2, **FAST)
+    outside = masks(Image.fromarray(mask), 4)[1][0, 0].numpy() == 0
+    assert (pixels(painted[0])[outside] == pixels(source())[outside]).all()
+    assert painted[1].tobytes() == inpaint(pipe, source(), mask, PROMPT, NEGATIVE, seed=5, **FAST)[0].tobytes()

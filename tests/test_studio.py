@@ -558,3 +558,44 @@ def test_render_escapes_what_the_student_typed():
     assert "<img" not in caption and "old" in caption
     assert render.display_size(64, 64) == (192, 192) and render.display_size(256, 64) == (256, 64)
     assert render.display_size(512, 512) == (512, 512)  # big images are not enlarged
+
+
+def test_vae_choice_clip_skip_and_an_sdxl_checkpoint(tmp_path, monkeypatch):
+    """Issue 11: the VAE list (Automatic / None / models/VAE's files) reloads the checkpoint with
+    the choice; Clip skip reaches the settings; an SDXL file is listed, loads at 1024², generates;
+    the PNG text records the VAE, its hash and the clip skip."""
+    from tiny_sd import a_vae_file, tiny_single_file
+
+    from tutorial_ldm.loading import VAE_DIR_ENV
+
+    monkeypatch.setenv(VAE_DIR_ENV, str(tmp_path / "VAE"))
+    monkeypatch.setenv("TUTORIAL_LDM_CACHE", str(tmp_path / "cache"))
+    models, vae = tmp_path / "models", tmp_path / "VAE" / "my-vae.safetensors"
+    models.mkdir()
+    vae.parent.mkdir()
+    shutil.copy(tiny_single_file("sd1").file, models / "sd1.safetensors")
+    shutil.copy(tiny_single_file("sdxl").file, models / "xl.safetensors")
+    a_vae_file(vae)
+    app = studio(models_dir=models)
+    assert [v for _, v in app.vae.options] == ["Automatic", "None", str(vae)] and app.vae.value == "Automatic"
+    app.model.value = str(models / "sd1.safetensors")
+    app.wait(timeout=120)
+    app.vae.value = str(vae)
+    app.wait(timeout=120)
+    assert app.pipe.model_info.vae_name == "my-vae.safetensors" and not is_error(app)
+    app.steps.value, app.clip_skip.value, app.seed.value = 1, 2, 5
+    s = read_parameters(click(app)[0])
+    assert (s.model, s.vae, s.clip_skip) == ("sd1", "my-vae.safetensors", 2) and len(s.vae_hash) == 10
+    app.clip_skip.value = 3  # the tiny text encoder has 2 layers
+    app.generate_button.click()
+    assert is_error(app) and "Clip skip" in status(app)
+
+    app.vae.value, app.clip_skip.value = "Automatic", 1
+    app.wait(timeout=120)
+    app.model.value = str(models / "xl.safetensors")
+    app.wait(timeout=120)
+    assert type(app.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert (app.width.value, app.height.value) == (1024, 1024)
+    app.width.value = app.height.value = 64
+    s = read_parameters(click(app)[0])
+    assert (s.model, s.vae, s.width) == ("xl", "", 64) and not is_error(app)

@@ -62,13 +62,14 @@ def _generate(args) -> int:
         from .parameters import save_image
 
         try:
-            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                                 low_vram=args.low_vram, config=args.config)
+            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, low_vram=args.low_vram,
+                                 config=args.config, vae=_vae_choice(args.vae),
+                                 prediction_type=args.prediction_type)
         except (RuntimeError, NotImplementedError) as e:  # torch could not place the model there
             raise ValueError(f"could not load the model on device {args.device!r}: {_one_line(e)}") from None
         images = generate(pipe, args.prompt, args.negative, steps=args.steps, guidance=args.cfg,
                           seed=args.seed, sampler=args.sampler, width=args.width, height=args.height,
-                          batch_size=args.batch_size, progress=True)
+                          batch_size=args.batch_size, clip_skip=args.clip_skip, progress=True)
         for image, settings, path in zip(images, images.settings, _outputs(out, len(images))):
             save_image(image, path, overwrite=args.overwrite)
             print(f"{path}  (seed {settings.seed})")
@@ -76,6 +77,11 @@ def _generate(args) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _vae_choice(vae: str):
+    """--vae as load_pipeline takes it: "None" is the checkpoint's own VAE."""
+    return None if vae.lower() == "none" else vae
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "models/Stable-diffusion, or a hub id (default: the shipped tiny model)")
     p.add_argument("--config", default=None, help="for a single file offline: a local diffusers "
                    "folder of the same architecture")
+    p.add_argument("--vae", default="Automatic", help="Automatic (a <checkpoint>.vae.safetensors beside it or "
+                   "in models/VAE, else its own), None (the checkpoint's own), or a VAE file (path or name in "
+                   "models/VAE)")
+    p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
+                   help="override what the checkpoint is detected to predict (SD 2.x 768-v models: v_prediction)")
+    p.add_argument("--clip-skip", type=int, default=None,
+                   help="A1111's Clip skip: 1 = the last layer (default), 2 = the penultimate (SDXL ignores it)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
     p.add_argument("--low-vram", action="store_true", help="slicing, tiling and CPU offload for ~6 GB GPUs")

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from .autoencoder import encode_latents, to_tensor, vae_factor
 from .generation import (GeneratedImages, _generate, _sample_and_decode, _sample_latents, _settings,
-                         decode, generate, initial_noise, latent_shape)
+                         decode_images, generate, initial_noise, latent_shape)
 from .samplers import build_schedule, img2img_start
 from .settings import SettingsError, check_callback, hires_size
 
@@ -140,6 +140,7 @@ def img2img(
     callback=None,
     progress: bool | None = None,
     threads: int | None = None,
+    clip_skip: int | None = None,
 ) -> GeneratedImages:
     """SDEdit: `image` noised to `strength` and denoised towards `prompt`; images with `.settings`.
 
@@ -153,15 +154,16 @@ def img2img(
     image = load_image(image)
     width, height = _target_size(pipe, image, width, height)
     s = _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height, batch_size,
-                  strength=strength)
+                  clip_skip, strength=strength)
     x_in = to_tensor([np.asarray(_resized(image, s))])
     start = img2img_start(s.steps, s.strength)
 
-    def run(pipe, s, prompts, seeds, callback):
+    def run(pipe, s, prompts, seeds, callback, per_image):
         if start == s.steps:  # nothing to run: the input
             return x_in.repeat(len(seeds), 1, 1, 1)
         z0 = encode_latents(pipe, x_in.to(pipe._execution_device, pipe.vae.dtype)).repeat(len(seeds), 1, 1, 1)
-        return _sample_and_decode(pipe, s, prompts, seeds, callback=callback, init_latents=z0, start_step=start)
+        return _sample_and_decode(pipe, s, prompts, seeds, callback=callback, per_image=per_image,
+                                  init_latents=z0, start_step=start)
 
     return _generate(pipe, s, batch_size, run, s.steps - start, callback=callback, progress=progress,
                      threads=threads)
@@ -175,10 +177,11 @@ class InpaintingUNet:
     masked image's latents appended, as in training (diffusers' StableDiffusionInpaintPipeline)."""
 
     def __init__(self, unet, conditioning: torch.Tensor):
-        self.unet, self.conditioning = unet, conditioning  # (N, 1 + C, h, w): m, E(x·(1−m))
+        self.unet, self.conditioning = unet, conditioning  # (1, 1 + C, h, w): m, E(x·(1−m)), the same for all
+        self.config = unet.config
 
     def __call__(self, x, t, **kwargs):
-        c = self.conditioning.repeat(x.shape[0] // self.conditioning.shape[0], 1, 1, 1)  # guidance's halves
+        c = self.conditioning.expand(x.shape[0], -1, -1, -1)  # any batch: images, guidance's halves
         return self.unet(torch.cat([x, c.to(x)], dim=1), t, **kwargs)
 
 
@@ -218,6 +221,7 @@ def inpaint(
     callback=None,
     progress: bool | None = None,
     threads: int | None = None,
+    clip_skip: int | None = None,
 ) -> GeneratedImages:
     """Repaint the white part of `mask` to `prompt`, keep the rest: images with `.settings`.
 
@@ -233,7 +237,7 @@ def inpaint(
     mask_image = load_image(mask, "mask", mode="L")
     width, height = _target_size(pipe, image, width, height)
     s = _settings(pipe, prompt, negative_prompt, steps, guidance, seed, sampler, width, height, batch_size,
-                  strength=strength, mask_blur=mask_blur)
+                  clip_skip, strength=strength, mask_blur=mask_blur)
     x_in = to_tensor([np.asarray(_resized(image, s))])
     binary, pixel_mask = masks(_resized(mask_image, s, "mask"), s.mask_blur)
     if not binary.any():
@@ -241,8 +245,8 @@ def inpaint(
                             "mask leaves nothing to repaint")
     start = img2img_start(s.steps, s.strength)
 
-    def run(pipe, s, prompts, seeds, callback):
-        x = x_in if start == s.steps else _inpaint(pipe, s, prompts, seeds, x_in, binary, start, callback)
+    def run(pipe, s, prompts, seeds, callback, per_image):
+        x = x_in if start == s.steps else _inpaint(pipe, s, prompts, seeds, x_in, binary, start, callback, per_image)
         m, known = pixel_mask.to(x.device), x_in.to(x.device)
         return m * x + (1 - m) * known  # the final paste-back (A1111's)
 
@@ -250,17 +254,17 @@ def inpaint(
                      threads=threads)
 
 
-def _inpaint(pipe, s, prompts, seeds, x_in, binary, start, callback) -> torch.Tensor:
+def _inpaint(pipe, s, prompts, seeds, x_in, binary, start, callback, per_image) -> torch.Tensor:
     """The repainted images in [-1, 1], before the paste-back."""
-    device, dtype, n = pipe._execution_device, pipe.unet.dtype, len(seeds)
-    encode = lambda x: encode_latents(pipe, x.to(device, pipe.vae.dtype)).to(dtype).repeat(n, 1, 1, 1)  # noqa: E731
-    z0 = encode(x_in)
+    device, dtype = pipe._execution_device, pipe.unet.dtype
+    encode = lambda x: encode_latents(pipe, x.to(device, pipe.vae.dtype)).to(dtype)  # noqa: E731
+    z0 = encode(x_in).repeat(len(seeds), 1, 1, 1)
     latent_mask = F.interpolate(binary, size=z0.shape[-2:]).to(device, dtype)  # nearest, as diffusers
     # diffusers' rule: strength 1 starts from pure noise, not from the image noised to the top
     begin = dict(init_latents=z0, start_step=start) if s.strength < 1 else {}
     if is_inpainting_model(pipe):
-        conditioning = torch.cat([latent_mask.repeat(n, 1, 1, 1), encode(x_in * (binary < 0.5))], dim=1)
-        return _sample_and_decode(pipe, s, prompts, seeds, callback=callback,
+        conditioning = torch.cat([latent_mask, encode(x_in * (binary < 0.5))], dim=1)
+        return _sample_and_decode(pipe, s, prompts, seeds, callback=callback, per_image=per_image,
                                   unet=InpaintingUNet(pipe.unet, conditioning), **begin)
 
     noise, _ = initial_noise(seeds, latent_shape(pipe, s))  # the ε the sampler starts from
@@ -273,40 +277,44 @@ def _inpaint(pipe, s, prompts, seeds, x_in, binary, start, callback) -> torch.Te
         x.copy_((1 - latent_mask) * known + latent_mask * x)  # in place: the sampler goes on from it
         callback(i, total, x, x0)
 
-    return _sample_and_decode(pipe, s, prompts, seeds, callback=blend, **begin)
+    return _sample_and_decode(pipe, s, prompts, seeds, callback=blend, per_image=per_image, **begin)
 
 
 # ----------------------------------------------------------------------------- hires fix
 
 
-def upscale_latents(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor:
+def upscale_latents(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str,
+                    per_image: bool = False) -> torch.Tensor:
     """Latents for a width×height `size` image: interpolated ("Latent…") or, for "Lanczos",
-    decoded, resized in pixels and encoded again."""
+    decoded, resized in pixels and encoded again (per_image: each image alone, as made alone)."""
     from PIL import Image
 
     width, height = size
     f = vae_factor(pipe)
     if UPSCALERS[upscaler] != "lanczos":
         return F.interpolate(latents, size=(height // f, width // f), mode=UPSCALERS[upscaler])
-    images = pipe.image_processor.postprocess(decode(pipe, latents).float(), output_type="pil")
+    if per_image and len(latents) > 1:
+        return torch.cat([upscale_latents(pipe, z[None], size, upscaler) for z in latents])
+    images = pipe.image_processor.postprocess(decode_images(pipe, latents), output_type="pil")
     big = to_tensor([np.asarray(im.resize(size, Image.Resampling.LANCZOS)) for im in images])
     return encode_latents(pipe, big.to(pipe._execution_device, pipe.vae.dtype)).to(latents.dtype)
 
 
 @torch.no_grad()
-def hires_fix(pipe, s, prompts, seeds, *, callback=None) -> torch.Tensor:
+def hires_fix(pipe, s, prompts, seeds, *, callback=None, per_image: bool = False) -> torch.Tensor:
     """A1111's hires fix, `generate`'s run when `s.hires_upscale` is set: images in [-1, 1] at
     `settings.hires_size(s)`. The second pass runs int(hires_steps·hires_denoising) steps of a
     hires_steps ladder (diffusers' img2img rule; A1111 instead stretches the ladder so that all
     hires_steps run), from each seed's noise at the new size."""
-    latents = _sample_latents(pipe, s, prompts, seeds, callback=callback)
+    latents = _sample_latents(pipe, s, prompts, seeds, callback=callback, per_image=per_image)
     size = hires_size(s, vae_factor(pipe))
-    big = upscale_latents(pipe, latents, size, s.hires_upscaler)
+    big = upscale_latents(pipe, latents, size, s.hires_upscaler, per_image)
     second = replace(s, width=size[0], height=size[1], steps=s.hires_steps)
     start = img2img_start(second.steps, s.hires_denoising)
     if start == second.steps:
-        return decode(pipe, big).float()
-    return _sample_and_decode(pipe, second, prompts, seeds, callback=callback, init_latents=big, start_step=start)
+        return decode_images(pipe, big, per_image)
+    return _sample_and_decode(pipe, second, prompts, seeds, callback=callback, per_image=per_image,
+                              init_latents=big, start_step=start)
 
 
 # ----------------------------------------------------------------------------- chapter 7's measurements

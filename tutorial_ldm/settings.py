@@ -72,14 +72,19 @@ class GenerationSettings:
     hires_steps: int | None = None  # "Hires steps" of the second pass; None: the same as steps
     hires_upscaler: str | None = None  # "Hires upscaler": one of image_to_image.UPSCALERS
     hires_denoising: float | None = None  # the second pass's "Denoising strength"
+    clip_skip: int = 1  # A1111's "Clip skip": 1 = the text encoder's last layer
+    model_hash: str = ""  # A1111's short hash of the checkpoint file ("" when not from a file)
+    vae: str = ""  # the separate VAE file's name ("": the checkpoint's own VAE)
+    vae_hash: str = ""
     extra: dict[str, str] = field(default_factory=dict)  # other A1111 fields, verbatim
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for `tutorial_ldm.generate(pipe, **kwargs)`; with a strength (and
-        mask blur) they are those of `img2img(pipe, image, **kwargs)` (`inpaint(pipe, image, mask, …)`)."""
+        """Keyword arguments for `tutorial_ldm.generate(pipe, **kwargs)` (the model, its hash and
+        VAE are those of the pipeline, chosen when loading it); with a strength (and mask blur) they
+        are those of `img2img(pipe, image, **kwargs)` (`inpaint(pipe, image, mask, …)`)."""
         kwargs = dict(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                       sampler=self.sampler, guidance=self.guidance, seed=self.seed,
-                      width=self.width, height=self.height)
+                      width=self.width, height=self.height, clip_skip=self.clip_skip)
         return kwargs | {name: getattr(self, name) for name in IMAGE_FIELDS if getattr(self, name) is not None}
 
     def to_text(self) -> str:
@@ -122,8 +127,16 @@ def defaults_for(pipe) -> GenerationSettings:
     from .loading import model_name
 
     width, height = native_size(pipe)
-    base = GenerationSettings(width=width, height=height, model=model_name(pipe))
+    base = GenerationSettings(width=width, height=height, model=model_name(pipe), **model_fields(pipe))
     return validate(replace(base, **model_folder_defaults(pipe)), pipe)
+
+
+def model_fields(pipe) -> dict:
+    """What the infotext says of the loaded files: model_hash, vae, vae_hash ("" where none)."""
+    from .loading import model_info
+
+    info = model_info(pipe)
+    return dict(model_hash=info.hash or "", vae=info.vae_name or "", vae_hash=info.vae_hash or "")
 
 
 # ----------------------------------------------------------------------------- per-field checks
@@ -236,6 +249,15 @@ def hires_size(s: GenerationSettings, factor: int) -> tuple[int, int]:
     return (int(s.width * s.hires_upscale) // factor * factor, int(s.height * s.hires_upscale) // factor * factor)
 
 
+def check_clip_skip(value, pipe) -> int:
+    """A1111's Clip skip: 1 (the last layer) … the text encoder's number of layers."""
+    layers = pipe.text_encoder.config.num_hidden_layers
+    if not _is_int(value) or not 1 <= value <= layers:
+        raise SettingsError("clip_skip", value, f"an integer from 1 (the last layer) to {layers} (the "
+                            "text encoder's layers; 2 = the penultimate)", limits={"min": 1, "max": layers})
+    return value
+
+
 def check_callback(value):
     if value is not None and not callable(value):
         raise SettingsError("callback", value, "None or a function callback(i, total, x, denoised)")
@@ -309,11 +331,15 @@ def _native_step_seconds(pipe) -> float:
     h, w = (size, size) if isinstance(size, int) else size
     x = torch.zeros(2, unet.config.in_channels, h, w, device=device, dtype=unet.dtype)
     context = torch.zeros(2, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    added = None
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and 6 size numbers
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        added = {"text_embeds": context.new_zeros(2, pooled), "time_ids": context.new_zeros(2, 6)}
     seconds = []
     with torch.no_grad():
         for _ in range(2):  # the first call also pays one-off costs (allocation, kernel choice)
             start = time.perf_counter()
-            unet(x, 500, encoder_hidden_states=context, return_dict=False)
+            unet(x, 500, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - start)
@@ -359,5 +385,6 @@ def validate(settings: GenerationSettings, pipe, *, batch_size: int = 1) -> Gene
     check_hires(s, vae_factor(pipe))
     if s.hires_upscale is not None:
         check_size(*hires_size(s, vae_factor(pipe)), pipe, batch_size, s.hires_steps)
+    check_clip_skip(s.clip_skip, pipe)
     s.model = s.model or model_name(pipe)
     return s

@@ -12,6 +12,8 @@ Everything a student clicks is also a public attribute, so a notebook (or a test
     app.wait()              # generation runs in a background thread; wait() blocks until done
     app.last_images         # the PIL images, settings in image.info["parameters"]
     app.batch_count.value = 3   # three runs one after another (batch_size: images per run)
+    app.vae.value = "None"  # A1111's VAE setting: "Automatic", "None" or a file of models/VAE
+    app.clip_skip.value = 2     # A1111's Clip skip: 2 = the text encoder's penultimate layer
     app.load_png("00012-42.png")  # PNG Info: a saved image's settings back into the controls
     app.language = "zh"     # or the English / 中文 switch at the top
 

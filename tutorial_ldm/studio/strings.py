@@ -18,6 +18,14 @@ STRINGS = {
         "unnamed_model": "the given pipeline",
         "refresh": "🔄",
         "refresh_tip": "Look for new checkpoints in {folder}",
+        "vae": "VAE",
+        "vae_tip": "Automatic: <checkpoint>.vae.safetensors beside it or in {folder}, else its own; "
+                   "None: the checkpoint's own VAE; or a VAE file from {folder}",
+        "vae_automatic": "Automatic",
+        "vae_none": "None",
+        "clip_skip": "Clip skip",
+        "clip_skip_tip": "1 = the text encoder's last layer; 2 = the penultimate (what many anime "
+                         "checkpoints want; SDXL ignores it, as A1111 does)",
         "prompt": "Prompt",
         "prompt_placeholder": "What to draw, e.g. a red circle on the left. (word:1.3) = more weight",
         "negative_prompt": "Negative",
@@ -67,6 +75,8 @@ STRINGS = {
         "no_preview": "(No live preview: {detail})",
         "png_read": "Settings of {name} are in the controls: {fields}.",
         "png_model": "It was made with {model}; the loaded model is {current}.",
+        "png_vae": "It was made with the VAE {vae}; the loaded one is {current}.",
+        "vae_own": "the checkpoint's own",
         "png_unknown_sampler": "Its sampler {sampler} is not available here; the sampler was kept.",
         "png_unreadable": "{name} has no settings to read: {reason}",
         # warnings: generation goes ahead
@@ -107,6 +117,14 @@ STRINGS = {
         "unnamed_model": "传入的模型",
         "refresh": "🔄",
         "refresh_tip": "在 {folder} 中查找新的检查点",
+        "vae": "VAE",
+        "vae_tip": "自动：检查点旁边或 {folder} 中与它同名的 VAE 文件，否则用它自带的；"
+                   "无：检查点自带的 VAE；或 {folder} 中的一个 VAE 文件",
+        "vae_automatic": "自动",
+        "vae_none": "无",
+        "clip_skip": "Clip 跳过层",
+        "clip_skip_tip": "1 = 文本编码器的最后一层；2 = 倒数第二层"
+                         "（许多动漫检查点需要；SDXL 与 A1111 一样忽略它）",
         "prompt": "提示词",
         "prompt_placeholder": "要画什么，例如 a red circle on the left。(词:1.3) 表示加大权重",
         "negative_prompt": "反向提示词",
@@ -154,6 +172,8 @@ STRINGS = {
         "no_preview": "（无法显示实时预览：{detail}）",
         "png_read": "{name} 的参数已填入控件：{fields}。",
         "png_model": "它由 {model} 生成；当前加载的模型是 {current}。",
+        "png_vae": "它用的 VAE 是 {vae}；当前加载的是 {current}。",
+        "vae_own": "检查点自带的",
         "png_unknown_sampler": "这里没有它的采样器 {sampler}，采样器保持不变。",
         "png_unreadable": "{name} 中没有可读取的参数：{reason}",
         "warning_line": "⚠️ 注意：{message}",
@@ -283,6 +303,7 @@ ALLOWED = {
         "mask_blur": "请使用 {min} 到 {max} 之间的整数",
         "image": "请上传一张图像、使用上一张图像，或从图库发送一张",
         "mask": "请让蒙版包含白色区域（白色表示重绘）：全黑的蒙版没有可重绘的地方",
+        "clip_skip": "请使用 {min} 到 {max} 之间的整数",
     },
 }
 # The label a SettingsError's `field` has in the studio (a key of STRINGS).
@@ -291,4 +312,5 @@ FIELD_LABELS = {"prompt": "which_prompt", "negative_prompt": "which_negative", "
                 "height": "height", "size": "size", "batch_size": "batch_size", "batch_count": "batch_count",
                 "strength": "strength", "mask_blur": "mask_blur", "hires_upscale": "hires_upscale",
                 "hires_steps": "hires_steps", "hires_upscaler": "hires_upscaler",
-                "hires_denoising": "hires_denoising", "image": "which_image", "mask": "which_mask"}
+                "hires_denoising": "hires_denoising", "image": "which_image", "mask": "which_mask",
+                "clip_skip": "clip_skip"}

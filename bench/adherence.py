@@ -1,11 +1,13 @@
 """Prompt adherence of a text-to-image model of the world, as the model card reports it.
 
-    python bench/adherence.py [--model assets/tiny-ldm] [--steps 25] [--guidance 5]
+    python bench/adherence.py [--model assets/tiny-ldm] [--steps 25] [--guidance 5] [--languages en zh]
 
 Prints the analyzer's accuracy on the world's own images and after a round trip through the
 model's autoencoder (the ceiling the autoencoder puts on adherence), then generates one image per
 benchmark prompt (every colour × shape × position, plain and with size and background) with stock
-diffusers DDIM, fixed seeds, and prints colour / shape / position / all-three accuracy and images/s.
+diffusers DDIM, fixed seeds, and prints colour / shape / position / all-three accuracy and images/s,
+for English prompts and, when the model's tokenizer knows Chinese, separately for the same scenes
+in Chinese.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--variants", type=int, default=2, help="90 prompts per variant")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--languages", nargs="+", choices=["en", "zh"], default=None,
+                        help="default: en, and zh when the tokenizer knows Chinese")
     args = parser.parse_args()
 
     scenes = world.sample_scenes(500, seed=2024)
@@ -56,16 +60,19 @@ def main() -> None:
     show("analyzer after the VAE round trip:", metrics.adherence(vae_round_trip(pipe, scenes),
                                                                  captions))
 
-    prompts = metrics.benchmark_prompts(args.variants, seed=args.seed)
-    images, seconds = [], 0.0
-    for i in tqdm(range(0, len(prompts), args.batch), desc="generating"):
-        start = time.perf_counter()
-        images += generate_batch(pipe, prompts[i:i + args.batch], args.guidance,
-                                 seed=args.seed + i, steps=args.steps)
-        seconds += time.perf_counter() - start
-    print(f"{len(prompts)} prompts, DDIM {args.steps} steps, guidance {args.guidance}, "
-          f"batch {args.batch}: {len(prompts) / seconds:.1f} images/s")
-    show("generated images:", metrics.adherence(images, prompts))
+    tok = pipe.tokenizer
+    languages = args.languages or ["en"] + ["zh"] * (tok.unk_token_id not in tok("红色").input_ids)
+    for language in languages:
+        prompts = metrics.benchmark_prompts(args.variants, seed=args.seed, language=language)
+        images, seconds = [], 0.0
+        for i in tqdm(range(0, len(prompts), args.batch), desc=f"generating ({language})"):
+            start = time.perf_counter()
+            images += generate_batch(pipe, prompts[i:i + args.batch], args.guidance,
+                                     seed=args.seed + i, steps=args.steps)
+            seconds += time.perf_counter() - start
+        print(f"{len(prompts)} prompts ({language}), DDIM {args.steps} steps, guidance "
+              f"{args.guidance}, batch {args.batch}: {len(prompts) / seconds:.1f} images/s")
+        show(f"generated images ({language}):", metrics.adherence(images, prompts))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,48 @@ def test_unfinished_exercises_say_so():
 
     for checker in (E.check_kl_divergence, E.check_timestep_embedding, E.check_attention):
         assert "not implemented yet" in checker(stub, quiet=True).message
+
+
+def test_the_ddim_reference_is_diffusers_ddim_step():
+    """The chapter-5 exercise's reference equals diffusers' DDIMScheduler.step, v-prediction, η = 0,
+    on the tiny model's zero-terminal-SNR schedule, every step of a 10-step trailing ladder."""
+    from diffusers import DDIMScheduler
+
+    from tutorial_ldm.tiny_model import TinyLDMConfig, scheduler_config
+
+    scheduler = DDIMScheduler.from_config(scheduler_config(TinyLDMConfig()))
+    assert scheduler.config.prediction_type == "v_prediction"
+    scheduler.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    ab_all = scheduler.alphas_cumprod
+    for i, t in enumerate(scheduler.timesteps):
+        v = torch.randn(z.shape, generator=g)
+        prev = scheduler.timesteps[i + 1] if i + 1 < len(scheduler.timesteps) else None
+        ab_prev = ab_all[prev] if prev is not None else scheduler.final_alpha_cumprod
+        expected = scheduler.step(v, t, z).prev_sample
+        torch.testing.assert_close(E.reference_ddim_step(z, v, ab_all[t], ab_prev), expected,
+                                   atol=1e-5, rtol=1e-5)
+        z = expected
+
+
+def test_ddim_exercise_accepts_the_reference_and_names_each_mistake():
+    assert E.check_ddim_step(E.reference_ddim_step, quiet=True)
+    sq = lambda a: a.sqrt()  # noqa: E731
+    x0 = lambda z, v, ab: sq(ab) * z - sq(1 - ab) * v  # noqa: E731
+    eps = lambda z, v, ab: sq(1 - ab) * z + sq(ab) * v  # noqa: E731
+    students = {
+        "not ε": lambda z, v, ab, abp: sq(abp) * (z - sq(1 - ab) * v) / sq(ab).clamp(min=1e-12) + sq(1 - abp) * v,
+        "(minus)": lambda z, v, ab, abp: sq(abp) * (sq(ab) * z + sq(1 - ab) * v) + sq(1 - abp) * (sq(1 - ab) * z - sq(ab) * v),
+        "use ab_prev": lambda z, v, ab, abp: sq(ab) * x0(z, v, ab) + sq(1 - ab) * eps(z, v, ab),
+        "not ᾱ' and 1−ᾱ'": lambda z, v, ab, abp: abp * x0(z, v, ab) + (1 - abp) * eps(z, v, ab),
+        "not x̂₀ itself": lambda z, v, ab, abp: x0(z, v, ab),
+    }
+    for hint, student in students.items():
+        verdict = E.check_ddim_step(student, quiet=True)
+        assert not verdict and "Hint" in verdict.message and hint in verdict.message, (hint, verdict.message)
+
+    def stub(*args):
+        raise NotImplementedError
+
+    assert "not implemented yet" in E.check_ddim_step(stub, quiet=True).message

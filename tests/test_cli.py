@@ -65,7 +65,7 @@ def test_bad_input_one_line_no_traceback_no_file(tmp_path, args, message):
     (["--batch-size", "0"], "error: batch_size=0 must be an integer ≥ 1"),
     (["--sampler", "magic"], "error: sampler='magic' must be one of ddpm, ddim"),
     (["--width", "4096", "--height", "4096"], "error: size='4096x4096' must be at most 16× the model's native"),
-    (["--device", "meta"], "error: device='meta' must be a device that computes"),
+    (["--device", "meta"], "error: device 'meta' is not supported here; allowed: 'cpu', 'cuda'"),
     (["--device", "xla"], "error: "),
     (["--out", "out.jpg"], "error: --out out.jpg: images are saved as .png"),
 ])
@@ -125,3 +125,33 @@ def test_train_with_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["train", "--run-dir", str(run_dir), "--vae-steps", "1", "--unet-steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "a-file" in err[0], err
+
+
+def test_vae_clip_skip_and_prediction_type_options(tmp_path, capsys, monkeypatch):
+    """--vae, --clip-skip and --prediction-type reach load_pipeline and generate; the PNG records
+    the checkpoint's and the VAE's names and A1111 short hashes, and the clip skip."""
+    import hashlib
+    import shutil
+
+    from tiny_sd import a_vae_file, tiny_single_file
+
+    monkeypatch.setenv("TUTORIAL_LDM_CACHE", str(tmp_path / "cache"))  # hashes cached here
+    checkpoint = tmp_path / "model.safetensors"
+    shutil.copy(tiny_single_file("sd1").file, checkpoint)
+    a_vae_file(tmp_path / "other-vae.safetensors")
+    out = tmp_path / "out.png"
+    vae = tmp_path / "other-vae.safetensors"
+    code = main(["generate", "a red circle", "--model", str(checkpoint), "--vae", str(vae),
+                 "--clip-skip", "2", "--prediction-type", "epsilon", "--steps", "1", "--seed", "3",
+                 "--width", "64", "--height", "64", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    s = read_parameters(out)
+    short = {p: hashlib.sha256(p.read_bytes()).hexdigest()[:10] for p in (checkpoint, vae)}
+    assert (s.model, s.model_hash, s.vae, s.vae_hash, s.clip_skip) == (
+        "model", short[checkpoint], "other-vae.safetensors", short[vae], 2)
+    assert main(["generate", "x", "--model", str(checkpoint), "--vae", "None", "--steps", "1",
+                 "--out", str(tmp_path / "own.png")]) == 0
+    assert read_parameters(tmp_path / "own.png").vae == ""
+    bad = tmp_path / "bad.png"
+    assert main(["generate", "x", "--model", str(checkpoint), "--clip-skip", "0", "--out", str(bad)]) == 2
+    assert "clip_skip=0 must be an integer from 1" in capsys.readouterr().err

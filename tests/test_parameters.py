@@ -17,8 +17,20 @@ def test_written_in_a1111_format():
     assert OURS.to_text() == (
         "a red circle on the left\n"
         "Negative prompt: (worst quality:2), lowres\n"
-        "Steps: 25, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x512, Model: tiny-ldm"
+        "Steps: 25, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 1234, Size: 512x512, "
+        "Model: tiny-ldm, Version: tutorial-ldm 0.1.0"
     )
+
+
+def test_every_field_in_a1111s_order_and_clip_skip_1_left_out():
+    full = GenerationSettings(prompt="p", steps=20, sampler="dpmpp_2m_karras", guidance=7.0, seed=1,
+                              width=512, height=768, model="majicmixRealistic_v7", model_hash="7c819b6d13",
+                              vae="vae-ft-mse-840000-ema-pruned.safetensors", vae_hash="735e4c3a44", clip_skip=2)
+    assert full.to_text().splitlines()[-1] == (
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x768, "
+        "Model hash: 7c819b6d13, Model: majicmixRealistic_v7, VAE hash: 735e4c3a44, "
+        "VAE: vae-ft-mse-840000-ema-pruned.safetensors, Clip skip: 2, Version: tutorial-ldm 0.1.0")
+    assert "Clip skip" not in GenerationSettings(**{**full.__dict__, "clip_skip": 1}).to_text()
 
 
 @pytest.mark.parametrize("change", [
@@ -29,6 +41,7 @@ def test_written_in_a1111_format():
     {"prompt": "line one,\nline two: (x:1.2)", "negative_prompt": "bad\nworse"},
     {"guidance": 7.25, "sampler": "dpmpp_2m_karras", "seed": 2**32 - 1},
     {"model": "my model, v2: final", "prompt": "红色的圆, 在左边"},
+    {"clip_skip": 2, "model_hash": "7c819b6d13", "vae": "kl-f8-anime2.ckpt", "vae_hash": "df3c506e51"},
 ])
 def test_round_trip(change):
     settings = GenerationSettings(**{**OURS.__dict__, **change})
@@ -42,18 +55,60 @@ Model hash: 7c819b6d13, Model: majicmixRealistic_v7, Clip skip: 2, \
 Lora hashes: "add_detail: 7c6bad76eb54, film: 0f58cbd6c2f6", TI hashes: "easynegative: c74b4e810b03", \
 Version: v1.10.1"""
 
+# as A1111 1.10 writes them: hires fix, a VAE file, ADetailer's fields, an emphasis setting
+A1111_HIRES = """photo of a cat on a sofa, <lora:add_detail:0.6>
+Negative prompt: EasyNegative, (worst quality, low quality:1.4)
+Steps: 28, Sampler: Euler a, Schedule type: Automatic, CFG scale: 6, Seed: 1234567890, Size: 768x512, \
+Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, VAE hash: 735e4c3a44, \
+VAE: vae-ft-mse-840000-ema-pruned.safetensors, Denoising strength: 0.45, Clip skip: 2, \
+ADetailer model: face_yolov8n.pt, ADetailer confidence: 0.3, Hires upscale: 2, Hires steps: 15, \
+Hires upscaler: 4x-UltraSharp, Lora hashes: "add_detail: 7c6bad76eb54", Emphasis: Original, Version: v1.10.1"""
+
+# A1111 1.6: the schedule inside the sampler's name, ENSD, no Schedule type
+A1111_OLD = """a castle on a hill, sunset
+Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: e6bb9ea85b, \
+Model: anything-v3-fp16-pruned, Clip skip: 2, ENSD: 31337, Version: v1.6.0"""
+
 
 def test_reads_a1111_with_extra_keys_and_quoted_values():
     s = GenerationSettings.from_text(A1111_TEXT)
     assert s.prompt == "masterpiece, best quality, 1girl, (smile:1.2)"
     assert s.negative_prompt == "(worst quality:2),(low quality:2),(normal quality:2),lowres,watermark,"
     assert (s.steps, s.sampler, s.guidance, s.seed) == (30, "dpmpp_2m_karras", 7.5, 3356823913)
-    assert (s.width, s.height, s.model) == (512, 768, "majicmixRealistic_v7")
-    assert s.extra == {"Model hash": "7c819b6d13", "Clip skip": "2",
-                       "Lora hashes": "add_detail: 7c6bad76eb54, film: 0f58cbd6c2f6",
+    assert (s.width, s.height, s.model, s.model_hash, s.clip_skip) == (
+        512, 768, "majicmixRealistic_v7", "7c819b6d13", 2)
+    assert s.extra == {"Lora hashes": "add_detail: 7c6bad76eb54, film: 0f58cbd6c2f6",
                        "TI hashes": "easynegative: c74b4e810b03", "Version": "v1.10.1"}
     again = GenerationSettings.from_text(s.to_text())  # extra fields survive a round trip
     assert again == s
+
+
+@pytest.mark.parametrize("text", [A1111_TEXT, A1111_HIRES])
+def test_a1111_text_is_written_back_as_it_was(text):
+    """Fields we do not use stay where A1111 put them; the text comes back character for character."""
+    assert GenerationSettings.from_text(text).to_text() == text
+
+
+def test_hires_fields_are_kept_and_ours_are_read():
+    s = GenerationSettings.from_text(A1111_HIRES)
+    assert (s.sampler, s.vae, s.vae_hash, s.clip_skip, s.width, s.height) == (
+        "euler_a", "vae-ft-mse-840000-ema-pruned.safetensors", "735e4c3a44", 2, 768, 512)
+    assert list(s.extra) == ["Denoising strength", "ADetailer model", "ADetailer confidence", "Hires upscale",
+                             "Hires steps", "Hires upscaler", "Lora hashes", "Emphasis", "Version"]
+
+
+def test_old_a1111_text_is_written_in_the_newer_pair():
+    s = GenerationSettings.from_text(A1111_OLD)
+    assert (s.sampler, s.clip_skip, s.model_hash, s.extra) == (
+        "dpmpp_2m_karras", 2, "e6bb9ea85b", {"ENSD": "31337", "Version": "v1.6.0"})
+    assert s.to_text() == A1111_OLD.replace("DPM++ 2M Karras,", "DPM++ 2M, Schedule type: Karras,")
+    assert GenerationSettings.from_text(s.to_text()) == s
+
+
+def test_a_schedule_we_do_not_have_is_not_silently_dropped():
+    s = GenerationSettings.from_text("a cat\nSteps: 20, Sampler: Euler, Schedule type: Exponential, "
+                                     "CFG scale: 7, Seed: 1")
+    assert s.sampler == "Euler Exponential" and "Schedule type" not in s.extra
 
 
 @pytest.mark.parametrize("line, sampler", [

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_sd import ldm_state_dict, tiny_sd_files, tiny_single_file, vae_to_ldm
+from tiny_sd import a_vae_file, ldm_state_dict, tiny_sd_files, tiny_single_file
 
 from tutorial_ldm.loading import MODELS_DIR_ENV, VAE_DIR_ENV, list_vaes, load_pipeline, model_hash
 from tutorial_ldm.sd_architecture import clip_vocabulary, write_clip_tokenizer
@@ -187,17 +187,6 @@ def test_config_still_wins(empty_hub_cache):
 
 # ---------------------------------------------------------------------------------------------
 # VAE files, as A1111 finds them
-
-
-def a_vae_file(path, seed=1):
-    """A different random VAE of the tiny SD 1.x architecture, saved as A1111's VAE files are
-    (encoder.*, decoder.*, no prefix); returns its weights in diffusers' names."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKL.from_config(tiny_single_file("sd1").pipe.vae.config)
-    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(vae).items()}, path)
-    return vae.state_dict()
 
 
 def assert_vae(pipe, weights):

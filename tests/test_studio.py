@@ -3,6 +3,7 @@
 Every run is the shipped tiny model at 64×64 with a few steps, so the whole file stays quick.
 """
 
+import json
 import html
 import io
 import os
@@ -28,7 +29,8 @@ from tutorial_ldm.autoencoder import native_size
 from tutorial_ldm.generation import generate
 from tutorial_ldm.loading import load_pipeline
 from tutorial_ldm.parameters import read_parameters, save_image
-from tutorial_ldm.settings import defaults_for
+from tutorial_ldm.paths import SHIPPED_MODEL
+from tutorial_ldm.settings import GenerationSettings, defaults_for
 from tutorial_ldm.studio import STRINGS, studio
 from tutorial_ldm.studio.job import Job
 from tutorial_ldm.studio.render import PIXELATED, STALE
@@ -77,7 +79,8 @@ def test_public_attributes_and_defaults(app):
     defaults = defaults_for(pipe)  # the one home of defaults: the studio shows the same
     assert (app.cfg.value, app.sampler.value) == (defaults.guidance, defaults.sampler)
     assert app.steps.value == app.steps_slider.value == STEPS  # the fixture's, typed into the box
-    assert app.cfg.value == 5  # the tiny model's own guidance (assets/tiny-ldm/generation_defaults.json)
+    recommended = json.loads((SHIPPED_MODEL / "generation_defaults.json").read_text())["guidance"]
+    assert app.cfg.value == recommended != GenerationSettings().guidance  # the tiny model's own, not SD's
     assert app.model.value == "given" and len(app.model.options) == 1  # the shipped one, not twice
     assert ("Euler a", "euler_a") in app.sampler.options
     assert not is_error(app) and "Ready" in status(app)
@@ -135,7 +138,7 @@ def test_batch_count_runs_batches_one_after_another(app):
     assert len(images) == 4 and [s.seed for s in app.last_settings] == [10, 11, 12, 13]
     assert app.progress.max == 2 * STEPS and progress[-2 * STEPS:] == list(range(1, 2 * STEPS + 1))
     assert "4 image(s)" in status(app) and "seed 10–13" in status(app)
-    second = generate(shipped_pipe(), app.prompt.value, steps=STEPS, guidance=5, seed=12, batch_size=2,
+    second = generate(shipped_pipe(), app.prompt.value, steps=STEPS, seed=12, batch_size=2,
                       progress=False)  # the second batch is generate's batch at seed 12
     for ours, theirs in zip(images[2:], second):
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))
@@ -555,3 +558,44 @@ def test_render_escapes_what_the_student_typed():
     assert "<img" not in caption and "old" in caption
     assert render.display_size(64, 64) == (192, 192) and render.display_size(256, 64) == (256, 64)
     assert render.display_size(512, 512) == (512, 512)  # big images are not enlarged
+
+
+def test_vae_choice_clip_skip_and_an_sdxl_checkpoint(tmp_path, monkeypatch):
+    """Issue 11: the VAE list (Automatic / None / models/VAE's files) reloads the checkpoint with
+    the choice; Clip skip reaches the settings; an SDXL file is listed, loads at 1024², generates;
+    the PNG text records the VAE, its hash and the clip skip."""
+    from tiny_sd import a_vae_file, tiny_single_file
+
+    from tutorial_ldm.loading import VAE_DIR_ENV
+
+    monkeypatch.setenv(VAE_DIR_ENV, str(tmp_path / "VAE"))
+    monkeypatch.setenv("TUTORIAL_LDM_CACHE", str(tmp_path / "cache"))
+    models, vae = tmp_path / "models", tmp_path / "VAE" / "my-vae.safetensors"
+    models.mkdir()
+    vae.parent.mkdir()
+    shutil.copy(tiny_single_file("sd1").file, models / "sd1.safetensors")
+    shutil.copy(tiny_single_file("sdxl").file, models / "xl.safetensors")
+    a_vae_file(vae)
+    app = studio(models_dir=models)
+    assert [v for _, v in app.vae.options] == ["Automatic", "None", str(vae)] and app.vae.value == "Automatic"
+    app.model.value = str(models / "sd1.safetensors")
+    app.wait(timeout=120)
+    app.vae.value = str(vae)
+    app.wait(timeout=120)
+    assert app.pipe.model_info.vae_name == "my-vae.safetensors" and not is_error(app)
+    app.steps.value, app.clip_skip.value, app.seed.value = 1, 2, 5
+    s = read_parameters(click(app)[0])
+    assert (s.model, s.vae, s.clip_skip) == ("sd1", "my-vae.safetensors", 2) and len(s.vae_hash) == 10
+    app.clip_skip.value = 3  # the tiny text encoder has 2 layers
+    app.generate_button.click()
+    assert is_error(app) and "Clip skip" in status(app)
+
+    app.vae.value, app.clip_skip.value = "Automatic", 1
+    app.wait(timeout=120)
+    app.model.value = str(models / "xl.safetensors")
+    app.wait(timeout=120)
+    assert type(app.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert (app.width.value, app.height.value) == (1024, 1024)
+    app.width.value = app.height.value = 64
+    s = read_parameters(click(app)[0])
+    assert (s.model, s.vae, s.width) == ("xl", "", 64) and not is_error(app)

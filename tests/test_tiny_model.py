@@ -73,3 +73,45 @@ def test_shipped_model_follows_prompts(pipe):
     scores = metrics.adherence(images, prompts)
     assert scores["colour"] >= 0.8 and scores["position"] >= 0.8, scores
     assert scores["all3"] >= 0.6, scores
+
+
+# ----------------------------------------------------------------------------- Chinese
+
+
+@pytest.fixture(scope="module")
+def bilingual_tokenizer(tmp_path_factory):
+    """The second edition's tokenizer, saved as standard files and loaded back as diffusers does."""
+    from transformers import AutoTokenizer
+
+    from tutorial_ldm.tiny_model import TinyLDMConfig, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer(TinyLDMConfig(languages=("en", "zh"))).save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def words(tok, text):
+    return tok.convert_ids_to_tokens(tok(text, add_special_tokens=False).input_ids)
+
+
+def test_chinese_is_segmented_by_greedy_longest_match(bilingual_tokenizer):
+    tok = bilingual_tokenizer
+    assert words(tok, "左边有一个大的红色的正方形，蓝色背景") == [
+        "左边", "有", "一个", "大", "的", "红色", "的", "正方形", "，", "蓝色", "背景"]
+    assert words(tok, "在右侧有一个小紫色方形") == ["在", "右侧", "有", "一个", "小", "紫色", "方形"]
+    assert words(tok, "一个红色的圆形在左边") == ["一个", "红色", "的", "圆形", "在", "左边"]
+    # English is tokenized as before, and the two mix
+    assert words(tok, "A large RED circle") == ["a", "large", "red", "circle"]
+    assert words(tok, "a red 圆形 on the left") == ["a", "red", "圆形", "on", "the", "left"]
+
+
+def test_unknown_chinese_maps_to_unk_without_error(bilingual_tokenizer):
+    tok = bilingual_tokenizer
+    assert words(tok, "非常漂亮的红色圆形。") == ["<unk>", "的", "红色", "圆形", "<unk>"]
+    assert words(tok, "一只猫") == ["<unk>"]
+
+
+def test_english_ids_are_those_of_the_first_edition(bilingual_tokenizer, pipe):
+    for text in ("a small red circle on the left on a blue background", "a large green triangle"):
+        assert bilingual_tokenizer(text).input_ids == pipe.tokenizer(text).input_ids

@@ -257,6 +257,18 @@ def tiny_single_file(arch: str) -> SimpleNamespace:
     return SimpleNamespace(file=path, pipe=pipe)
 
 
+def a_vae_file(path, seed=1):
+    """A different random VAE of the tiny SD 1.x architecture, saved as A1111's VAE files are
+    (encoder.*, decoder.*, no prefix); returns its weights in diffusers' names."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_config(tiny_single_file("sd1").pipe.vae.config)
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(vae).items()}, path)
+    return vae.state_dict()
+
+
 @functools.lru_cache(maxsize=None)
 def shipped_pipe():
     """The shipped tiny LDM on the CPU (don't modify it in a test: load your own for that)."""

@@ -39,6 +39,8 @@ _EXPORTS = {
     "list_models": "loading",
     "generate": "generation",
     "generate_many": "generation",
+    "img2img": "image_to_image",
+    "inpaint": "image_to_image",
     "read_parameters": "parameters",
     "save_image": "parameters",
     "GenerationSettings": "settings",

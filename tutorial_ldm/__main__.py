@@ -13,17 +13,21 @@ def _one_line(e: BaseException) -> str:
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, train
+    _quiet_libraries()
+    from .tiny_model import TinyLDMConfig
+    from .train import TrainConfig, check_run, train
 
     cfg = TrainConfig(seed=args.seed)
-    for name in ("vae_steps", "unet_steps", "n_latents", "threads"):
+    for name in ("vae_steps", "unet_steps", "n_latents", "threads", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     try:
-        train(args.run_dir, cfg, export_to=args.export)
+        model_cfg = TinyLDMConfig(languages=tuple(dict.fromkeys(["en", *args.languages])))
+        check_run(args.run_dir, cfg, args.export)
     except (ValueError, TypeError, OSError) as e:  # bad input: one line, no traceback
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    train(args.run_dir, cfg, model_cfg, export_to=args.export)
     return 0
 
 
@@ -74,13 +78,14 @@ def _generate(args) -> int:
         from .parameters import save_image
 
         try:
-            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                                 low_vram=args.low_vram, config=args.config)
+            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, low_vram=args.low_vram,
+                                 config=args.config, vae=_vae_choice(args.vae),
+                                 prediction_type=args.prediction_type)
         except (RuntimeError, NotImplementedError) as e:  # torch could not place the model there
             raise ValueError(f"could not load the model on device {args.device!r}: {_one_line(e)}") from None
         images = generate(pipe, args.prompt, args.negative, steps=args.steps, guidance=args.cfg,
                           seed=args.seed, sampler=args.sampler, width=args.width, height=args.height,
-                          batch_size=args.batch_size, progress=True)
+                          batch_size=args.batch_size, clip_skip=args.clip_skip, progress=True)
         for image, settings, path in zip(images, images.settings, _outputs(out, len(images))):
             save_image(image, path, overwrite=args.overwrite)
             print(f"{path}  (seed {settings.seed})")
@@ -88,6 +93,11 @@ def _generate(args) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _vae_choice(vae: str):
+    """--vae as load_pipeline takes it: "None" is the checkpoint's own VAE."""
+    return None if vae.lower() == "none" else vae
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-latents", type=int, default=None)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: every core; 1 is faster when other jobs share the CPU)")
+    p.add_argument("--languages", nargs="+", choices=["en", "zh"], default=["en"],
+                   help="caption languages; en zh: each scene captioned as often in Chinese as in English")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints (default 250); a rerun resumes from the last one")
+    p.error = lambda message: p.exit(2, f"error: {message}\n")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("finetune", help="teach the shipped tiny model the unseen colour pink (chapter 8)")
@@ -133,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "models/Stable-diffusion, or a hub id (default: the shipped tiny model)")
     p.add_argument("--config", default=None, help="for a single file offline: a local diffusers "
                    "folder of the same architecture")
+    p.add_argument("--vae", default="Automatic", help="Automatic (a <checkpoint>.vae.safetensors beside it or "
+                   "in models/VAE, else its own), None (the checkpoint's own), or a VAE file (path or name in "
+                   "models/VAE)")
+    p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
+                   help="override what the checkpoint is detected to predict (SD 2.x 768-v models: v_prediction)")
+    p.add_argument("--clip-skip", type=int, default=None,
+                   help="A1111's Clip skip: 1 = the last layer (default), 2 = the penultimate (SDXL ignores it)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
     p.add_argument("--low-vram", action="store_true", help="slicing, tiling and CPU offload for ~6 GB GPUs")

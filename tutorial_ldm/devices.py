@@ -1,9 +1,11 @@
 """Where the models run, and with how many CPU threads (one home).
 
-Thread count on the CPU: torch starts one thread per core and keeps them spinning, which is
-fastest on an idle machine and very slow on a busy one: threads that wait for a core held by
-another program stall every parallel operation (bench/threads.py measures it). `cpu_threads()`
-therefore uses the cores that are free now, and `cpu_threads_for` applies it around a run.
+Thread count on the CPU: torch starts one thread per core, which pays off for a large model
+on an idle machine and not at all for a small one: the tiny model's 64×64 image is never faster
+on two threads than on one, idle or loaded, and two threads on a busy machine were up to 2×
+slower (bench/threads.py). The count depends only on the model and the machine, never on the
+load of the moment: another thread count changes the last bits of the floating-point sums, and
+a seed must give the same image every time on the same device.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from contextlib import contextmanager
 
 import torch
 
-MAX_CPU_THREADS = 4  # more gains little for our small models (bench/threads.py)
+MAX_CPU_THREADS = 4  # more gains little for our models (bench/threads.py)
+# Below this many UNet parameters one thread is fastest: the work per operation is too small to
+# share (the tiny model has 4 M; SD 1.5 has 860 M).
+SMALL_MODEL_PARAMETERS = 50_000_000
 
 
 def default_device() -> torch.device:
@@ -33,38 +38,30 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def cpu_threads() -> int:
-    """Threads for CPU generation: $OMP_NUM_THREADS if set, else the cores not busy with other
-    work, 1 … MAX_CPU_THREADS.
-
-    "Busy" is the 1-minute load average (runnable processes) less one for this process itself,
-    where the OS reports it; without it (Windows) every usable core counts as free. On a loaded
-    machine this is 1: a single thread never waits for another (bench/threads.py).
-    """
+def cpu_threads(model: torch.nn.Module | None = None) -> int:
+    """Threads for CPU generation with `model` (a UNet): $OMP_NUM_THREADS if set, else 1 for a
+    small model (fewer than SMALL_MODEL_PARAMETERS), else the usable cores, at most
+    MAX_CPU_THREADS. The same model on the same machine always gets the same count."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])  # the user's own choice
-    cores = usable_cores()
-    try:
-        others = max(0.0, os.getloadavg()[0] - 1)
-    except (AttributeError, OSError):
-        others = 0.0
-    free = int(cores - others + 0.5)
-    return max(1, min(MAX_CPU_THREADS, cores, free))
+    if model is not None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS:
+        return 1
+    return max(1, min(MAX_CPU_THREADS, usable_cores()))
 
 
 @contextmanager
-def cpu_threads_for(device, threads: int | None = None):
-    """Run the block with `threads` (default `cpu_threads()`) torch threads if `device` is the CPU;
+def cpu_threads_for(device, threads: int | None = None, model: torch.nn.Module | None = None):
+    """Run the block with `threads` (default `cpu_threads(model)`) torch threads if `device` is the CPU;
     torch's setting is restored afterwards. Other devices are left alone."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         from .settings import SettingsError
 
-        raise SettingsError("threads", threads, "None (the free cores) or an integer ≥ 1")
+        raise SettingsError("threads", threads, "None (chosen for the model) or an integer ≥ 1")
     if torch.device(device).type != "cpu":
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or cpu_threads())
+    torch.set_num_threads(threads or cpu_threads(model))
     try:
         yield
     finally:

@@ -345,3 +345,58 @@ def check_attention(student_attention: Callable, *, quiet: bool = False) -> Verd
         },
         quiet=quiet,
     )
+
+
+def reference_ddim_step(z: torch.Tensor, v: torch.Tensor, ab: torch.Tensor, ab_prev: torch.Tensor) -> torch.Tensor:
+    """One DDIM step (Song et al. 2021, eq. 12, η = 0) for a v-prediction model (Salimans & Ho
+    2022): read x̂₀ = √ᾱ·z − √(1−ᾱ)·v and ε̂ = √(1−ᾱ)·z + √ᾱ·v, then re-mix them at the next
+    level ᾱ': z' = √ᾱ'·x̂₀ + √(1−ᾱ')·ε̂. Equal to diffusers' `DDIMScheduler.step` (the tests check)."""
+    x0 = ab.sqrt() * z - (1 - ab).sqrt() * v
+    eps = (1 - ab).sqrt() * z + ab.sqrt() * v
+    return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+
+
+def check_ddim_step(student_step: Callable, *, quiet: bool = False) -> Verdict:
+    """Chapter 5: `ddim_step(z, v, ab, ab_prev)` → z at the next, lower noise level (η = 0), for a
+    v-prediction model; ab = ᾱ at the current level, ab_prev = ᾱ at the next one."""
+    g = torch.Generator().manual_seed(5)
+    z, v = torch.randn(2, 1, 4, 4, 4, generator=g)
+    level = lambda *values: tuple(torch.tensor(x) for x in values)  # noqa: E731
+    cases = [
+        Case("ᾱ = 0.5 → ᾱ' = 0.8", (z, v, *level(0.5, 0.8))),
+        Case("the first step of a zero-terminal-SNR ladder: ᾱ = 0 → ᾱ' = 0.05", (z, v, *level(0.0, 0.05))),
+        Case("the last step: ᾱ = 0.9 → ᾱ' = 1 (clean)", (z, v, *level(0.9, 1.0))),
+    ]
+
+    def v_as_eps(z, v, ab, ab_prev):
+        x0 = (z - (1 - ab).sqrt() * v) / ab.clamp(min=1e-12).sqrt()
+        return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * v
+
+    def plus_sign(z, v, ab, ab_prev):
+        x0, eps = ab.sqrt() * z + (1 - ab).sqrt() * v, (1 - ab).sqrt() * z - ab.sqrt() * v
+        return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+
+    def same_level(z, v, ab, ab_prev):
+        return reference_ddim_step(z, v, ab, ab)
+
+    def no_square_roots(z, v, ab, ab_prev):
+        x0, eps = ab.sqrt() * z - (1 - ab).sqrt() * v, (1 - ab).sqrt() * z + ab.sqrt() * v
+        return ab_prev * x0 + (1 - ab_prev) * eps
+
+    def returns_x0(z, v, ab, ab_prev):
+        return ab.sqrt() * z - (1 - ab).sqrt() * v
+
+    return check(
+        student_step,
+        reference_ddim_step,
+        cases,
+        name="ddim_step",
+        known_mistakes={
+            "the model predicts v, not ε: x̂₀ = √ᾱ·z − √(1−ᾱ)·v and ε̂ = √(1−ᾱ)·z + √ᾱ·v": v_as_eps,
+            "v = √ᾱ·ε − √(1−ᾱ)·x₀, so x̂₀ = √ᾱ·z − √(1−ᾱ)·v (minus) and ε̂ = √(1−ᾱ)·z + √ᾱ·v (plus)": plus_sign,
+            "you re-mixed at the current level and got z back: use ab_prev, the next level's ᾱ": same_level,
+            "the re-mix uses √ᾱ' and √(1−ᾱ'), not ᾱ' and 1−ᾱ'": no_square_roots,
+            "return the latent at the next level, z' = √ᾱ'·x̂₀ + √(1−ᾱ')·ε̂, not x̂₀ itself": returns_x0,
+        },
+        quiet=quiet,
+    )

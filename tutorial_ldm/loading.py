@@ -640,7 +640,15 @@ def _quiet_loading():
     """Notices that mean nothing here: transformers' "requires torchvision" (diffusers looks
     up CLIPImageProcessor for the safety checker, which we never load: a red box in every first
     notebook cell), diffusers' float16-on-CPU warning, printed once per component (we say it
-    once ourselves, in load_pipeline), and its note that no module needs float32."""
+    once ourselves, in load_pipeline), and its note that no module needs float32. Also the
+    libraries' per-component loading bars: a saved notebook shows them stuck at 0 %, and a UI
+    says "Loading…" itself."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    bars = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for lib in bars:
+        lib.disable_progress_bar()
     loggers = [logging.getLogger("transformers.utils.import_utils"),
                logging.getLogger("diffusers.pipelines.pipeline_utils"),
                logging.getLogger("diffusers.models.modeling_utils")]
@@ -656,6 +664,8 @@ def _quiet_loading():
     finally:
         for logger in loggers:
             logger.removeFilter(drop)
+        for lib in bars:
+            lib.enable_progress_bar()
 
 
 def load_pipeline(source=None, *, device=None, dtype=None, low_vram: bool = False, config=None,

@@ -128,11 +128,16 @@ def adherence(images, prompts) -> dict[str, float]:
     return {k: v / len(images) for k, v in hits.items()}
 
 
-def benchmark_prompts(variants: int = 2, seed: int = 0) -> list[str]:
+def benchmark_prompts(variants: int = 2, seed: int = 0, language: str = "en") -> list[str]:
     """Every colour × shape × position, `variants` times: first plain, then with a random size
-    and background, so the set covers the whole vocabulary (90 × variants prompts)."""
+    and background, so the set covers the whole vocabulary (90 × variants prompts).
+
+    language="zh": the same scenes in Chinese, each in a random one of the sentence forms and
+    synonyms `world.chinese_caption` writes (the same for the same seed)."""
+    if language not in ("en", "zh"):
+        raise ValueError(f"language={language!r} must be 'en' or 'zh'")
     rng = np.random.default_rng(seed)
-    prompts = []
+    scenes = []
     for v in range(variants):
         for colour in world.COLOURS:
             for shape in world.SHAPES:
@@ -142,5 +147,22 @@ def benchmark_prompts(variants: int = 2, seed: int = 0) -> list[str]:
                         size = str(rng.choice(list(world.SIZES)))
                         background = str(rng.choice(
                             [b for b in world.BACKGROUNDS if b != colour]))
-                    prompts.append(world.Scene(shape, colour, position, size, background).caption)
-    return prompts
+                    scenes.append(world.Scene(shape, colour, position, size, background))
+    if language == "zh":
+        return world.chinese_captions([s.caption for s in scenes], seed)
+    return [s.caption for s in scenes]
+
+
+def count_shapes(image, min_fraction: float = MIN_BLOB_PIXELS / world.IMAGE_SIZE**2) -> int:
+    """How many separate shapes an image of the world shows, at any size: the blobs of pixels far
+    from the background (as `analyze` finds them) that cover at least `min_fraction` of it. The
+    world has one shape per image; a model asked for a size it was not trained at draws more."""
+    from skimage.measure import label
+
+    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=float)
+    border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3),
+                             arr[:, :2].reshape(-1, 3), arr[:, -2:].reshape(-1, 3)])
+    distance = np.linalg.norm(arr - np.median(border, axis=0), axis=-1)
+    labels = label(distance > max(60.0, 0.5 * distance.max()), connectivity=1)
+    sizes = np.bincount(labels.ravel())[1:]
+    return int((sizes >= min_fraction * distance.size).sum())

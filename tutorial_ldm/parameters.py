@@ -4,12 +4,16 @@ The web UI writes a `parameters` text chunk into every PNG it saves:
 
     a red circle on the left
     Negative prompt: (worst quality:2), lowres
-    Steps: 25, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x512, Model: tiny-ldm
+    Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512,
+    Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Version: tutorial-ldm 0.1.0
 
 Line 1+ is the prompt (it may span lines), then the negative prompt, then one line of
-`key: value` pairs; a value containing `,` `:` or a newline is written as a JSON string. We write
-the same format and read ours or A1111's back (`read_parameters`), so an image can be
-regenerated from its own file, and A1111 images' settings can be reused here.
+`key: value` pairs (one line; wrapped here), in A1111's order (`A1111_ORDER`); a value containing
+`,` `:` or a newline is written as a JSON string. We write the same format and read ours or
+A1111's back (`read_parameters`: old sampler names such as `DPM++ 2M Karras` and the newer
+`Sampler` + `Schedule type` pair), so an image can be regenerated from its own file, and A1111
+images' settings can be reused here; fields we do not use (LoRA hashes, …) are kept
+in `extra` and written back where A1111 writes them.
 
 Two things A1111's format cannot say, and how we say them: a prompt line that itself begins with
 `Negative prompt:` is written with one more leading backslash (`\\Negative prompt: …`; a line
@@ -26,6 +30,7 @@ import re
 import secrets
 from pathlib import Path
 
+from . import __version__
 from .settings import GenerationSettings
 
 # one `key: value` pair of the last line; a value is a JSON string or runs to the next comma
@@ -35,29 +40,67 @@ _ESCAPED = re.compile(r"^(\\*Negative prompt:)")  # a line the reader would take
 _ESCAPED_BACK = re.compile(r"^\\(\\*Negative prompt:)")
 
 
+# The fields of A1111's infotext in the order its `create_infotext` writes them (modules/processing.py,
+# v1.10). Those we make are filled from the settings, the others are written from `extra` where A1111
+# would put them: its own at their place, then its `extra_generation_params` (inpainting's Mask blur,
+# the hires fix's, the extensions') after Tiling in the order they were read (ours first when the
+# text is new: A1111 adds them in the order of `_IMAGE_KEYS`); then Version and User.
+A1111_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration",
+               "Size", "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE",
+               "Variation seed", "Variation seed strength", "Seed resize from", "Denoising strength",
+               "Conditional mask weight", "Clip skip", "ENSD", "Tiling")
+A1111_TAIL = ("Version", "User")
+VERSION = f"tutorial-ldm {__version__}"
+
+
 def format_parameters(s: GenerationSettings) -> str:
     """The A1111 `parameters` text of settings `s` (`GenerationSettings.to_text`)."""
-    from .samplers import A1111_NAMES
-
-    fields = {
-        "Steps": s.steps,
-        "Sampler": A1111_NAMES.get(s.sampler, s.sampler),
-        "CFG scale": _number(s.guidance),
-        "Seed": s.seed,
-        "Size": f"{s.width}x{s.height}" if s.width and s.height else "",
-        "Model": s.model,
-        **s.extra,
-    }
     lines = _escape(s.prompt)
     if s.negative_prompt:
         first, *rest = _escape(s.negative_prompt)
         lines += [f"{_NEGATIVE} {first}", *rest]
-    lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items() if v != ""))
+    lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in _fields(s).items() if v != ""))
     return "\n".join(lines)
 
 
+def _fields(s: GenerationSettings) -> dict:
+    """The `key: value` pairs of the last line, in A1111's order ("" values are left out)."""
+    ours = {
+        "Steps": s.steps,
+        **_a1111_sampler(s.sampler),
+        "CFG scale": _number(s.guidance),
+        "Seed": s.seed,
+        "Size": f"{s.width}x{s.height}" if s.width and s.height else "",
+        "Model hash": s.model_hash,
+        "Model": s.model,
+        "VAE hash": s.vae_hash,
+        "VAE": s.vae,
+        "Clip skip": s.clip_skip if s.clip_skip != 1 else "",
+    }
+    image = _image_fields(s)  # always the settings' own; `extra` only says where a read text had them
+    known = {k: image.get(k, "") if k in _IMAGE_KEYS else s.extra.get(k, ours.get(k, "")) for k in A1111_ORDER}
+    read = [k for k in s.extra if k not in A1111_ORDER and k not in A1111_TAIL]
+    new = [k for k in _IMAGE_KEYS if k not in A1111_ORDER and k not in read]
+    added = {k: image.get(k, "") if k in _IMAGE_KEYS else s.extra[k] for k in new + read}
+    tail = {"Version": s.extra.get("Version", VERSION), "User": s.extra.get("User", "")}
+    return {**known, **added, **tail}
+
+
+def _a1111_sampler(ours: str) -> dict:
+    """A1111 ≥ 1.9's pair: `Sampler` without the schedule, and `Schedule type`."""
+    from .samplers import A1111_NAMES, REGISTRY
+
+    record = REGISTRY.get(ours)
+    if record is None:  # an unknown name read from a file is written back as it was
+        return {"Sampler": A1111_NAMES.get(ours, ours)}
+    if record.sigmas == "karras":
+        return {"Sampler": record.a1111.removesuffix(" Karras"), "Schedule type": "Karras"}
+    return {"Sampler": record.a1111, "Schedule type": "Automatic"}
+
+
 def parse_parameters(text: str, cls=None) -> GenerationSettings:
-    """Parse a `parameters` text, ours or A1111's (extra fields land in `extra`)."""
+    """Parse a `parameters` text, ours or A1111's (extra fields land in `extra`, in their order,
+    and are written back where A1111 writes them)."""
     cls = cls or GenerationSettings
     *lines, last = _newlines(text).rstrip("\n").split("\n")
     pairs = _PAIR.findall(last)
@@ -72,25 +115,72 @@ def parse_parameters(text: str, cls=None) -> GenerationSettings:
     values = {key.strip(): _unquote(value.strip()) for key, value in pairs}
     settings = cls(prompt="\n".join(prompt), negative_prompt="\n".join(negative), extra={})
     for key, value in values.items():
-        if key == "Steps":
-            settings.steps = _parse(int, key, value, "an integer")
-        elif key == "CFG scale":
-            settings.guidance = _parse(float, key, value, "a number")
-        elif key == "Seed":
-            settings.seed = _parse(int, key, value, "an integer")
-        elif key == "Size":
-            size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", value)
-            if size is None:
-                raise ValueError(f"parameters field 'Size' has the value {value!r}; expected "
-                                 "WIDTHxHEIGHT, e.g. 512x512")
-            settings.width, settings.height = int(size.group(1)), int(size.group(2))
-        elif key == "Model":
-            settings.model = value
+        if key in _READERS:
+            _READERS[key](settings, key, value)
+        elif key == "Version" and value == VERSION:
+            pass  # ours: written again anyway; another program's (or version's) is kept
         elif key != "Sampler":
             settings.extra[key] = value
     if "Sampler" in values:
         settings.sampler = _our_sampler(values["Sampler"], settings.extra)
+    _read_image_fields(settings, values)  # their keys stay in `extra` too, for their place in the text
     return settings
+
+
+# The image-to-image fields (`tutorial_ldm.image_to_image`), written as A1111 writes them: img2img
+# and inpaint record "Denoising strength" (and "Mask blur"); a txt2img with hires fix records its
+# second pass's "Denoising strength" beside "Hires upscale", "Hires steps" and "Hires upscaler".
+_IMAGE_KEYS = {"Denoising strength": float, "Mask blur": int, "Hires upscale": float, "Hires steps": int,
+               "Hires upscaler": str}
+
+
+def _image_fields(s: GenerationSettings) -> dict:
+    from .settings import IMAGE_FIELDS
+
+    fields = {}
+    for name, key in IMAGE_FIELDS.items():
+        value = getattr(s, name)
+        if value is not None:
+            fields[key] = _number(float(value)) if isinstance(value, float) else value
+    return fields
+
+
+def _read_image_fields(settings: GenerationSettings, values: dict[str, str]) -> None:
+    from .settings import IMAGE_FIELDS
+
+    hires = "Hires upscale" in values
+    for name, key in IMAGE_FIELDS.items():
+        if key in values and (key != "Denoising strength" or hires == (name == "hires_denoising")):
+            kind = _IMAGE_KEYS[key]
+            setattr(settings, name, _parse(kind, key, values[key], "a number") if kind is not str else values[key])
+
+
+def _read_size(settings, key, value):
+    size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", value)
+    if size is None:
+        raise ValueError(f"parameters field 'Size' has the value {value!r}; expected "
+                         "WIDTHxHEIGHT, e.g. 512x512")
+    settings.width, settings.height = int(size.group(1)), int(size.group(2))
+
+
+def _setter(name: str, kind=str, expected: str = ""):
+    def read(settings, key, value):
+        setattr(settings, name, value if kind is str else _parse(kind, key, value, expected))
+    return read
+
+
+# the fields `generate` uses, and the settings attribute each sets
+_READERS = {
+    "Steps": _setter("steps", int, "an integer"),
+    "CFG scale": _setter("guidance", float, "a number"),
+    "Seed": _setter("seed", int, "an integer"),
+    "Size": _read_size,
+    "Model": _setter("model"),
+    "Model hash": _setter("model_hash"),
+    "VAE": _setter("vae"),
+    "VAE hash": _setter("vae_hash"),
+    "Clip skip": _setter("clip_skip", int, "an integer"),
+}
 
 
 def _newlines(text: str) -> str:
@@ -137,15 +227,14 @@ def _parse(kind, key: str, value: str, expected: str):
 
 
 def _our_sampler(a1111: str, extra: dict[str, str]) -> str:
-    """A1111's sampler name → ours; since A1111 1.9 "Karras" is a separate `Schedule type`."""
+    """A1111's sampler name → ours; since A1111 1.9 the schedule is a separate `Schedule type`
+    ("Automatic": the sampler's own). A pair we do not have (e.g. Euler with Karras σ's) keeps
+    both names ("Euler Karras"), which `generate` refuses, naming the samplers it has."""
     from .samplers import FROM_A1111
 
-    if extra.get("Schedule type") == "Karras" and f"{a1111} Karras" in FROM_A1111:
-        del extra["Schedule type"]
-        return FROM_A1111[f"{a1111} Karras"]
-    if extra.get("Schedule type") == "Automatic":
-        del extra["Schedule type"]
-    return FROM_A1111.get(a1111, a1111)  # unknown ones are kept; generate() will name them
+    schedule = extra.pop("Schedule type", "Automatic")
+    name = a1111 if schedule == "Automatic" else f"{a1111} {schedule}"
+    return FROM_A1111.get(name, name)  # unknown ones are kept; generate() will name them
 
 
 def read_parameters(png) -> GenerationSettings:

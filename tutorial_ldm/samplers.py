@@ -18,7 +18,8 @@ the denoiser at every rung what the clean latent looks like. The code is shaped 
   and `callback(i, n, x, x0)` sees the latents and x̂₀ after each step;
 - one record per sampler, `Sampler` (its function, A1111 name, diffusers twin, kind of σ's), in
   one registry, `REGISTRY`, from which `SAMPLERS`, `A1111_NAMES` and `FROM_A1111` are read;
-- `sample(name, unet, noise, scheduler_config, ...)`, the entry point of `tutorial_ldm.generate`.
+- `sample(name, unet, noise, scheduler_config, ...)`, the entry point of `tutorial_ldm.generate`;
+  for SDXL it also takes the UNet's `added_cond` / `added_uncond` (pooled text, size `time_ids`).
 
 The two ways of writing the same forward process:
 
@@ -166,12 +167,17 @@ class Schedule:
 # The denoiser: UNet + classifier-free guidance + reading ε or v as x̂₀, in one coordinate system
 
 
-def guided_model(unet, cond, uncond=None, guidance: float = 1.0, *, per_image: bool = False):
+def guided_model(unet, cond, uncond=None, guidance: float = 1.0, *, per_image: bool = False,
+                 added_cond=None, added_uncond=None):
     """Turn a UNet and text embeddings into `model(x_t, t) -> output` (ε or v), guided.
 
     Classifier-free guidance (Ho & Salimans 2022, eq. 6; `tutorial_ldm.guidance`), applied when
     w > 1 and an unconditional embedding is given. Like diffusers it mixes the raw output (v for a
     v-prediction model) and runs both halves as one batch [uncond, cond].
+
+    added_cond, added_uncond: the UNet's `added_cond_kwargs` for each half, dicts of tensors with
+    the batch first (SDXL: the pooled text embedding `text_embeds` and the size/crop `time_ids`,
+    Podell et al. 2023, §2.2); None for UNets without them (SD 1.x/2.x).
 
     per_image=False runs the whole batch at once, as diffusers does; True runs the UNet image by
     image, so that image k of a batch is bit for bit the image made alone (batched matrix products
@@ -180,20 +186,29 @@ def guided_model(unet, cond, uncond=None, guidance: float = 1.0, *, per_image: b
     """
     cfg = uncond is not None and guidance > 1
 
-    def guided(x, t, cond, uncond):
+    def guided(x, t, cond, uncond, added, added_un):
         if not cfg:
-            return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
-        out = unet(torch.cat([x] * 2), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
+            return unet(x, t, encoder_hidden_states=cond, added_cond_kwargs=added, return_dict=False)[0]
+        both = None if added is None else {k: torch.cat([added_un[k], v]) for k, v in added.items()}
+        out = unet(torch.cat([x] * 2), t, encoder_hidden_states=torch.cat([uncond, cond]),
+                   added_cond_kwargs=both, return_dict=False)[0]
         out_uncond, out_cond = out.chunk(2)
         return classifier_free_guidance(out_uncond, out_cond, guidance)
 
     def model(x, t):
         if not per_image:
-            return guided(x, t, cond, uncond)
-        one = [slice(k, k + 1) for k in range(len(x))]
-        return torch.cat([guided(x[k], t, cond[k], None if uncond is None else uncond[k]) for k in one])
+            return guided(x, t, cond, uncond, added_cond, added_uncond)
+        return torch.cat([guided(x[k], t, cond[k], _part(uncond, k), _part(added_cond, k), _part(added_uncond, k))
+                          for k in (slice(k, k + 1) for k in range(len(x)))])
 
     return model
+
+
+def _part(batch, k: slice):
+    """Image k's slice of a tensor or of a dict of tensors (None stays None)."""
+    if batch is None or isinstance(batch, torch.Tensor):
+        return None if batch is None else batch[k]
+    return {key: v[k] for key, v in batch.items()}
 
 
 class Denoiser:
@@ -206,10 +221,12 @@ class Denoiser:
     and ε̂ = (x/s − x̂₀)/σ, which in the σ view is the probability-flow ODE's slope dx/dσ.
     """
 
-    def __init__(self, unet, cond, uncond=None, guidance: float = 1.0, *, prediction_type: str, per_image=False):
+    def __init__(self, unet, cond, uncond=None, guidance: float = 1.0, *, prediction_type: str, per_image=False,
+                 added_cond=None, added_uncond=None):
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type={prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
-        self.model = guided_model(unet, cond, uncond, guidance, per_image=per_image)
+        self.model = guided_model(unet, cond, uncond, guidance, per_image=per_image,
+                                  added_cond=added_cond, added_uncond=added_uncond)
         self.prediction_type = prediction_type
 
     def __call__(self, x, schedule: Schedule, i: int):
@@ -684,6 +701,22 @@ def _check_inputs(name, noise, scheduler_config, steps, cond, uncond, guidance, 
         raise ValueError(f"init_latents' shape {tuple(init_latents.shape)} must equal the noise's {tuple(noise.shape)}")
 
 
+def _check_added(unet, noise, uncond, added_cond, added_uncond):
+    """SDXL's UNet needs its added conditioning (for both halves under guidance), others none."""
+    needs = getattr(unet.config, "addition_embed_type", None) == "text_time"
+    if needs != (added_cond is not None):
+        raise ValueError("this UNet takes added_cond (SDXL's text_embeds and time_ids)" if needs else
+                         "added_cond was given, but this UNet takes no added conditioning (not SDXL)")
+    if added_cond is None:
+        return
+    if uncond is not None and added_uncond is None:
+        raise ValueError("uncond was given with added_cond: give added_uncond too (the negative prompt's)")
+    for part in (added_cond, added_uncond or {}):
+        for key, value in part.items():
+            if value.shape[0] != noise.shape[0]:
+                raise ValueError(f"added {key} has batch {value.shape[0]}, the noise {noise.shape[0]}")
+
+
 def sample(
     name: str,
     unet,
@@ -700,6 +733,8 @@ def sample(
     init_latents: torch.Tensor | None = None,
     start_step: int = 0,
     per_image: bool = False,
+    added_cond: dict | None = None,
+    added_uncond: dict | None = None,
 ) -> torch.Tensor:
     """Run sampler `name` (ours or A1111's name) from `noise` and return latents in the UNet's space.
 
@@ -709,18 +744,23 @@ def sample(
       `guidance > 1` and `uncond` is given (diffusers' rule);
     - generator: None, a torch.Generator or a list of them, one per image (diffusers' `randn_tensor`
       semantics), for the stochastic samplers' fresh noise;
-    - callback(i, n, x, x0) after each step; eta: DDIM's η (ddim only);
+    - callback(i, n, x, x0) after each step; eta: DDIM's η (ddim only). The sampler goes on from
+      the x it showed, so a callback may write into it: inpainting blends the known latents back
+      that way (`image_to_image.inpaint`);
     - init_latents, start_step: img2img. The clean latents (scaled, as the UNet sees them) are
       noised to rung `start_step` of the `steps`-step ladder and sampled from there, as diffusers'
       img2img pipeline does with `img2img_start(steps, strength)`; n is then steps − start_step;
     - per_image: False batches the UNet as diffusers does (image k then differs from the image
       sampled alone by float rounding: a few 1e-5 in the latents, ≤ 1/255 after decoding);
       True makes image k of a batch bit for bit the image sampled alone from noise[k] and
-      generator[k] (on the same device and thread count), at 2–2.6× the CPU time. See `guided_model`.
+      generator[k] (on the same device and thread count), at 2–2.6× the CPU time. See `guided_model`;
+    - added_cond / added_uncond: the UNet's `added_cond_kwargs` for cond and uncond (SDXL's
+      `text_embeds` and `time_ids`, batch first), as diffusers' SDXL pipeline passes them.
     The caller divides the result by `vae.config.scaling_factor` and decodes it.
     """
     name = sampler_name(name)
     _check_inputs(name, noise, scheduler_config, steps, cond, uncond, guidance, generator, eta, init_latents)
+    _check_added(unet, noise, uncond, added_cond, added_uncond)
     if start_step and init_latents is None:
         raise ValueError(f"start_step={start_step!r} needs init_latents: only img2img starts part-way down")
     schedule = build_schedule(name, scheduler_config, steps).from_step(start_step)
@@ -731,7 +771,8 @@ def sample(
             "ε-prediction model: x̂₀ = (x − ε̂)/0. Use a v-prediction model, timestep_spacing='leading', "
             "or a sampler on a σ ladder, which starts at σ ≈ 4096 instead (euler, euler_a, dpmpp_2m)"
         )
-    denoiser = Denoiser(unet, cond, uncond, guidance, prediction_type=prediction_type, per_image=per_image)
+    denoiser = Denoiser(unet, cond, uncond, guidance, prediction_type=prediction_type, per_image=per_image,
+                        added_cond=added_cond, added_uncond=added_uncond)
     extra = {"eta": eta} if REGISTRY[name].takes_eta else {}
     x = schedule.start(noise, init_latents)
     return SAMPLERS[name](denoiser, x, schedule, generator=generator, callback=callback, **extra)

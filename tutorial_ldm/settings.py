@@ -29,6 +29,12 @@ RECOMMENDABLE = ("steps", "sampler", "guidance")  # what a model folder may reco
 # the native side, 16× the pixels: always allowed, also on the CPU.
 MAX_PIXEL_RATIO = {"cpu": 16}  # per device type; GPUs: DEFAULT_PIXEL_RATIO (SD 1.5 up to 4096×4096)
 DEFAULT_PIXEL_RATIO = 64
+# The image-to-image fields of GenerationSettings, each A1111's infotext key
+IMAGE_FIELDS = {"strength": "Denoising strength", "mask_blur": "Mask blur", "hires_upscale": "Hires upscale",
+                "hires_steps": "Hires steps", "hires_upscaler": "Hires upscaler",
+                "hires_denoising": "Denoising strength"}
+HIRES_DEFAULTS = {"hires_upscaler": "Latent", "hires_denoising": 0.7}  # A1111's
+MAX_HIRES_UPSCALE = 4  # A1111's slider
 
 
 class SettingsError(ValueError):
@@ -59,13 +65,27 @@ class GenerationSettings:
     width: int | None = None  # None: the model's native size
     height: int | None = None
     model: str = ""
+    # image to image (`tutorial_ldm.image_to_image`); None: not used, not written in the PNG
+    strength: float | None = None  # img2img/inpaint "Denoising strength": 0 keeps the input, 1 ignores it
+    mask_blur: int | None = None  # inpaint "Mask blur": pixels of Gaussian blur on the mask's edge
+    hires_upscale: float | None = None  # txt2img hires fix "Hires upscale"; None: no hires fix
+    hires_steps: int | None = None  # "Hires steps" of the second pass; None: the same as steps
+    hires_upscaler: str | None = None  # "Hires upscaler": one of image_to_image.UPSCALERS
+    hires_denoising: float | None = None  # the second pass's "Denoising strength"
+    clip_skip: int = 1  # A1111's "Clip skip": 1 = the text encoder's last layer
+    model_hash: str = ""  # A1111's short hash of the checkpoint file ("" when not from a file)
+    vae: str = ""  # the separate VAE file's name ("": the checkpoint's own VAE)
+    vae_hash: str = ""
     extra: dict[str, str] = field(default_factory=dict)  # other A1111 fields, verbatim
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for `tutorial_ldm.generate(pipe, **kwargs)`."""
-        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-                    sampler=self.sampler, guidance=self.guidance, seed=self.seed,
-                    width=self.width, height=self.height)
+        """Keyword arguments for `tutorial_ldm.generate(pipe, **kwargs)` (the model, its hash and
+        VAE are those of the pipeline, chosen when loading it); with a strength (and mask blur) they
+        are those of `img2img(pipe, image, **kwargs)` (`inpaint(pipe, image, mask, …)`)."""
+        kwargs = dict(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
+                      sampler=self.sampler, guidance=self.guidance, seed=self.seed,
+                      width=self.width, height=self.height, clip_skip=self.clip_skip)
+        return kwargs | {name: getattr(self, name) for name in IMAGE_FIELDS if getattr(self, name) is not None}
 
     def to_text(self) -> str:
         """The A1111 `parameters` text (`tutorial_ldm.parameters`)."""
@@ -107,8 +127,16 @@ def defaults_for(pipe) -> GenerationSettings:
     from .loading import model_name
 
     width, height = native_size(pipe)
-    base = GenerationSettings(width=width, height=height, model=model_name(pipe))
+    base = GenerationSettings(width=width, height=height, model=model_name(pipe), **model_fields(pipe))
     return validate(replace(base, **model_folder_defaults(pipe)), pipe)
+
+
+def model_fields(pipe) -> dict:
+    """What the infotext says of the loaded files: model_hash, vae, vae_hash ("" where none)."""
+    from .loading import model_info
+
+    info = model_info(pipe)
+    return dict(model_hash=info.hash or "", vae=info.vae_name or "", vae_hash=info.vae_hash or "")
 
 
 # ----------------------------------------------------------------------------- per-field checks
@@ -169,6 +197,64 @@ def check_side(name: str, value, factor: int) -> int:
     if not _is_int(value) or value < factor or value % factor:
         raise SettingsError(name, value, f"a positive multiple of {factor} (the VAE's downsampling factor)",
                             limits={"multiple": factor})
+    return value
+
+
+def check_strength(value, name: str = "strength") -> float:
+    """A denoising strength: 0 returns the input, 1 ignores it (A1111's and diffusers' meaning)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise SettingsError(name, value, "a number from 0 (keep the input) to 1 (ignore it)",
+                            limits={"min": 0, "max": 1})
+    return float(value)
+
+
+def check_mask_blur(value) -> int:
+    if not _is_int(value) or not 0 <= value <= 64:
+        raise SettingsError("mask_blur", value, "an integer from 0 to 64 (pixels of blur on the mask's edge)",
+                            limits={"min": 0, "max": 64})
+    return value
+
+
+def check_hires(s: GenerationSettings, factor: int) -> None:
+    """The hires-fix fields of `s`, defaults filled in (A1111's), and the size it upscales to."""
+    from .image_to_image import UPSCALERS
+
+    if s.hires_upscale is None:
+        for name in IMAGE_FIELDS:
+            if name.startswith("hires_") and getattr(s, name) is not None:
+                raise SettingsError(name, getattr(s, name), "None without hires_upscale (the hires fix is off)")
+        return
+    u = s.hires_upscale
+    if isinstance(u, bool) or not isinstance(u, (int, float)) or not 1 <= u <= MAX_HIRES_UPSCALE:
+        raise SettingsError("hires_upscale", u, f"a number from 1 to {MAX_HIRES_UPSCALE} (the factor "
+                            "the first image is enlarged by)", limits={"min": 1, "max": MAX_HIRES_UPSCALE})
+    for name, default in HIRES_DEFAULTS.items():
+        setattr(s, name, default if getattr(s, name) is None else getattr(s, name))
+    s.hires_steps = s.steps if s.hires_steps in (None, 0) else s.hires_steps  # A1111: 0 = the same
+    if not _is_int(s.hires_steps) or not 1 <= s.hires_steps <= 1000:
+        raise SettingsError("hires_steps", s.hires_steps, "an integer from 1 to 1000 (0 or None: as steps)",
+                            limits={"min": 0, "max": 1000})
+    if s.hires_upscaler not in UPSCALERS:
+        raise SettingsError("hires_upscaler", s.hires_upscaler, f"one of {', '.join(UPSCALERS)}",
+                            limits={"choices": list(UPSCALERS)})
+    s.hires_denoising = check_strength(s.hires_denoising, "hires_denoising")
+    for side, value in (("width", s.width), ("height", s.height)):
+        if int(value * u) < factor:
+            raise SettingsError("hires_upscale", u, f"a factor that makes the {side} at least {factor}")
+
+
+def hires_size(s: GenerationSettings, factor: int) -> tuple[int, int]:
+    """The hires fix's final size: width·upscale × height·upscale, down to multiples of the VAE
+    factor (A1111 truncates the same way)."""
+    return (int(s.width * s.hires_upscale) // factor * factor, int(s.height * s.hires_upscale) // factor * factor)
+
+
+def check_clip_skip(value, pipe) -> int:
+    """A1111's Clip skip: 1 (the last layer) … the text encoder's number of layers."""
+    layers = pipe.text_encoder.config.num_hidden_layers
+    if not _is_int(value) or not 1 <= value <= layers:
+        raise SettingsError("clip_skip", value, f"an integer from 1 (the last layer) to {layers} (the "
+                            "text encoder's layers; 2 = the penultimate)", limits={"min": 1, "max": layers})
     return value
 
 
@@ -245,11 +331,15 @@ def _native_step_seconds(pipe) -> float:
     h, w = (size, size) if isinstance(size, int) else size
     x = torch.zeros(2, unet.config.in_channels, h, w, device=device, dtype=unet.dtype)
     context = torch.zeros(2, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    added = None
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and 6 size numbers
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        added = {"text_embeds": context.new_zeros(2, pooled), "time_ids": context.new_zeros(2, 6)}
     seconds = []
     with torch.no_grad():
         for _ in range(2):  # the first call also pays one-off costs (allocation, kernel choice)
             start = time.perf_counter()
-            unet(x, 500, encoder_hidden_states=context, return_dict=False)
+            unet(x, 500, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - start)
@@ -288,5 +378,13 @@ def validate(settings: GenerationSettings, pipe, *, batch_size: int = 1) -> Gene
     check_side("width", s.width, vae_factor(pipe))
     check_side("height", s.height, vae_factor(pipe))
     check_size(s.width, s.height, pipe, batch_size, s.steps)
+    if s.strength is not None:
+        s.strength = check_strength(s.strength)
+    if s.mask_blur is not None:
+        check_mask_blur(s.mask_blur)
+    check_hires(s, vae_factor(pipe))
+    if s.hires_upscale is not None:
+        check_size(*hires_size(s, vae_factor(pipe)), pipe, batch_size, s.hires_steps)
+    check_clip_skip(s.clip_skip, pipe)
     s.model = s.model or model_name(pipe)
     return s

@@ -4,7 +4,8 @@ The paper's three parts, each from the field's own classes so the result is a st
 `StableDiffusionPipeline`:
 
 - perceptual compression: a KL-regularised `AutoencoderKL`, f = 4 (64×64×3 → 16×16×4);
-- the text encoder τ_θ: a tiny `CLIPTextModel` over a word-level tokenizer of the world's words;
+- the text encoder τ_θ: a tiny `CLIPTextModel` over a word-level tokenizer of the world's words
+  (English, and with `languages=("en", "zh")` Chinese, segmented by greedy longest match);
 - the denoiser ε_θ(z_t, t, τ_θ(y)): a `UNet2DConditionModel` with cross-attention at every level.
 
 The noise schedule is SD's `scaled_linear` rescaled to zero terminal SNR, with v-prediction
@@ -14,11 +15,13 @@ learns to place the shape from pure noise.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .world import IMAGE_SIZE, vocabulary
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+LANGUAGES = (("en",), ("en", "zh"))  # English always; Chinese beside it
 
 
 @dataclass
@@ -32,6 +35,7 @@ class TinyLDMConfig:
     text_layers: int = 2
     text_heads: int = 4
     max_tokens: int = 77  # SD's window: 75 words + <bos> + <eos>
+    languages: tuple[str, ...] = ("en",)  # caption languages: "en", and "zh" for Chinese too
     # denoiser
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_layers_per_block: int = 1
@@ -45,20 +49,38 @@ class TinyLDMConfig:
     beta_end: float = 0.012
     prediction_type: str = "v_prediction"
 
+    def __post_init__(self):
+        self.languages = tuple(self.languages)
+        if self.languages not in LANGUAGES:
+            raise ValueError(f"languages={self.languages!r} must be one of {LANGUAGES}")
+
     @property
     def latent_size(self) -> int:
         return IMAGE_SIZE // 2 ** (len(self.vae_channels) - 1)
 
 
 def build_tokenizer(cfg: TinyLDMConfig):
-    """A word-level tokenizer over the world's vocabulary; unknown words map to <unk>."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    """A word-level tokenizer over the world's vocabulary; unknown words map to <unk>.
+
+    Chinese is written without spaces, so with "zh" the pre-tokenizer first splits out the
+    vocabulary's Chinese words by greedy longest match (a regex alternation, longest word first:
+    at each position the longest word that starts there), then splits on whitespace and
+    punctuation as for English. It is part of the standard `tokenizer.json`, so diffusers'
+    pipeline and `tutorial_ldm.prompts` segment the same way. Text between known words
+    (e.g. 非常漂亮) stays one piece and maps to a single <unk>."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate([PAD, UNK, BOS, EOS, *vocabulary()])}
+    words = vocabulary(cfg.languages)
+    vocab = {w: i for i, w in enumerate([PAD, UNK, BOS, EOS, *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    chinese = sorted((w for w in words if not w.isascii()), key=len, reverse=True)
+    if chinese:
+        longest_first = Regex("|".join(map(re.escape, chinese)))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(longest_first, behavior="isolated"), pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
     )

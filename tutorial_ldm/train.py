@@ -6,26 +6,42 @@
    frozen autoencoder, with caption dropout so that one model is both conditional and
    unconditional (classifier-free guidance).
 
-Every batch is a pure function of (seed, stage, step), so a run resumed from its last checkpoint
-continues exactly as if it had never stopped. Checkpoints are safetensors files.
+Stage 2's loss is the lessons' own: the forward process q(z_t | z_0) of chapter 1
+(`noise_schedule`, DDPM Eq. 4) inside the LDM objective of chapter 3 (`unet.denoising_loss`, paper
+Eq. 3), on the schedule the pipeline samples with.
+
+A run folder holds, per stage, one artefact that is whole or absent (written to a temporary name,
+then renamed) and records the recipe it was made with:
+
+    autoencoder_state.safetensors   vae/   latents.safetensors + latents.json   denoiser_state.safetensors
+
+Rerunning resumes from them; an artefact that is damaged, or was made with another recipe, is
+reported in one line and rebuilt, with everything downstream of it. Every batch is a pure function
+of (seed, stage, step), so a run resumed from its last checkpoint continues exactly as if it had
+never stopped. Checkpoints are safetensors files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import world
 from .devices import default_device
+from .noise_schedule import NoiseSchedule
 from .tiny_model import (
     TinyLDMConfig,
     build_autoencoder,
@@ -35,6 +51,7 @@ from .tiny_model import (
     build_unet,
     scheduler_config,
 )
+from .unet import denoising_loss
 
 # scikit-image photos mixed into the autoencoder's data; astronaut is held out for chapter 2.
 TRAINING_PHOTOS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -50,6 +67,12 @@ class TrainConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6  # "tiny KL": keeps the latent space smooth without blurring it
     photo_fraction: float = 0.125  # share of each autoencoder batch that is photo crops
+    # L1 between the images' finite differences: keeps edges and corners (a triangle's apex)
+    # sharp; 0 in the first edition, whose blurred small triangles read as circles
+    edge_weight: float = 0.0
+    # weigh each world image's reconstruction error by 1 / (shape-background colour distance),
+    # so that low-contrast pairs (orange on red) are reconstructed as sharply as high-contrast ones
+    contrast_weighting: bool = False
     # latents cached from the frozen autoencoder
     n_latents: int = 24_000
     # stage 2: text encoder + UNet
@@ -61,6 +84,113 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 10
     threads: int = 0  # CPU threads for torch; 0 = every core
+
+
+# What each stage's result depends on besides the stages before it; everything else in the two
+# configs belongs to the denoiser. These settings change how a run goes, not what it makes.
+NOT_RECIPE = ("checkpoint_every", "log_every", "threads")
+AUTOENCODER_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "photo_fraction",
+                      "edge_weight", "contrast_weighting", "vae_channels", "vae_layers_per_block", "latent_channels")
+LATENT_FIELDS = ("n_latents",)
+
+# field -> (smallest allowed value, what is allowed): one home for the recipe's bounds
+INTEGER_BOUNDS = {
+    "seed": (0, "an integer ≥ 0"),
+    "vae_steps": (1, "an integer ≥ 1"),
+    "vae_batch": (1, "an integer ≥ 1"),
+    "n_latents": (1, "an integer ≥ 1"),
+    "unet_steps": (1, "an integer ≥ 1"),
+    "unet_batch": (1, "an integer ≥ 1"),
+    "warmup": (0, "an integer ≥ 0"),
+    "checkpoint_every": (1, "an integer ≥ 1"),
+    "log_every": (1, "an integer ≥ 1"),
+    "threads": (0, "an integer ≥ 0 (0: every core)"),
+}
+FRACTIONS = ("photo_fraction", "caption_dropout")
+POSITIVE = ("vae_lr", "unet_lr")
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` if every value is usable; otherwise ValueError naming the field, its value and what
+    is allowed (one line: the CLI prints it as it is)."""
+    for name, (low, allowed) in INTEGER_BOUNDS.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r} must be {allowed}")
+    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight"):
+        value = getattr(cfg, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if name in FRACTIONS and not (ok and 0 <= value <= 1):
+            raise ValueError(f"{name}={value!r} must be a number from 0 to 1")
+        if name in POSITIVE and not (ok and value > 0):
+            raise ValueError(f"{name}={value!r} must be a finite number > 0")
+        if name in ("kl_weight", "edge_weight") and not (ok and value >= 0):
+            raise ValueError(f"{name}={value!r} must be a finite number ≥ 0")
+    return cfg
+
+
+def stage_recipes(cfg: TrainConfig, model_cfg: TinyLDMConfig) -> dict[str, dict]:
+    """Per stage, the settings its result depends on, its upstream stages' included (JSON form)."""
+    settings = json.loads(json.dumps({**asdict(cfg), **asdict(model_cfg)}))
+    for name in NOT_RECIPE:
+        settings.pop(name)
+    autoencoder = {k: settings.pop(k) for k in AUTOENCODER_FIELDS}
+    latents = {**autoencoder, **{k: settings.pop(k) for k in LATENT_FIELDS}}
+    return {"autoencoder": autoencoder, "latents": latents, "denoiser": {**latents, **settings}}
+
+
+def recipe_changes(old: dict | None, new: dict) -> str:
+    """"vae_steps 400 → 2400, n_latents 512 → 1024": what differs between two recipes."""
+    if old is None:
+        return "no recipe recorded"
+
+    def short(value):  # a sha256 is recognisable by its first digits
+        text = "(unset)" if value is None else str(value)
+        return text[:12] + "…" if len(text) > 24 else text
+
+    keys = list(dict.fromkeys([*new, *old]))
+    return ", ".join(f"{k} {short(old.get(k))} → {short(new.get(k))}"
+                     for k in keys if old.get(k) != new.get(k))
+
+
+def _note(message: str) -> None:
+    """One line about the run folder, between the progress bars."""
+    tqdm.write(message, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def write_atomic(path: Path, write) -> None:
+    """`write(tmp)` to a temporary sibling, then rename it to `path` (a file or a folder), so a
+    kill at any moment leaves `path` whole or absent, never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    _remove(tmp)
+    write(tmp)
+    if path.is_dir():
+        _remove(path)  # os.replace cannot rename over a non-empty folder
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a folder or a link (not what it points to), if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file: ties a cache to the exact weights it was made from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# A cache that fails to load with one of these is damaged (truncated, missing a part, not JSON).
+DAMAGED = (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
 
 
 def step_rng(seed: int, stage: int, step: int) -> np.random.Generator:
@@ -88,24 +218,26 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_state(path: Path, step: int, modules: dict, optimizer, log: list) -> None:
-    """Models, optimizer and loss log in one safetensors file, written atomically."""
+def save_state(path: Path, step: int, modules: dict, optimizer, log: list,
+               recipe: dict | None = None) -> None:
+    """Models, optimizer, loss log and the recipe in one safetensors file, written atomically."""
     tensors = {f"{name}.{k}": v.contiguous() for name, m in modules.items()
                for k, v in m.state_dict().items()}
     opt = optimizer.state_dict()
     tensors |= {f"optim.{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
-    meta = {"step": step, "param_groups": opt["param_groups"], "log": log}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu() for k, v in tensors.items()}, tmp,
-              metadata={"state": json.dumps(meta)})
-    tmp.replace(path)
+    meta = {"step": step, "param_groups": opt["param_groups"], "log": log, "recipe": recipe}
+    write_atomic(path, lambda tmp: save_file({k: v.detach().cpu() for k, v in tensors.items()},
+                                             tmp, metadata={"state": json.dumps(meta)}))
+
+
+def state_meta(path: Path) -> dict:
+    """A checkpoint's step, optimizer groups, loss log and recipe, without its tensors."""
+    with safe_open(path, "pt") as f:
+        return json.loads(f.metadata()["state"])
 
 
 def load_state(path: Path, modules: dict, optimizer) -> tuple[int, list]:
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as f:
-        meta = json.loads(f.metadata()["state"])
+    meta = state_meta(path)
     tensors = load_file(path)
     for name, m in modules.items():
         prefix = name + "."
@@ -119,13 +251,29 @@ def load_state(path: Path, modules: dict, optimizer) -> tuple[int, list]:
     return meta["step"], meta["log"]
 
 
+def _resume(ckpt: Path, stage: str, modules: dict, optimizer, recipe: dict) -> tuple[int, list]:
+    """Where a stage starts: its checkpoint's step if that is whole and of this recipe, else 0."""
+    if not ckpt.exists():
+        return 0, []
+    try:
+        old = state_meta(ckpt).get("recipe")
+        if old == recipe:
+            return load_state(ckpt, modules, optimizer)
+        _note(f"{ckpt}: another recipe ({recipe_changes(old, recipe)}); {stage} starts again")
+    except DAMAGED as e:
+        _note(f"{ckpt} is damaged ({_one_line(e)}); {stage} starts again")
+    return 0, []
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def _run_loop(stage: str, run_dir: Path, modules: dict, optimizer, lr_at_step, steps: int,
-              cfg: TrainConfig, loss_at_step) -> list:
+              cfg: TrainConfig, loss_at_step, recipe: dict) -> list:
     """The shared training loop: resume, step, log, checkpoint. Returns the loss log."""
     ckpt = run_dir / f"{stage}_state.safetensors"
-    start, log = 0, []
-    if ckpt.exists():
-        start, log = load_state(ckpt, modules, optimizer)
+    start, log = _resume(ckpt, stage, modules, optimizer, recipe)
     for m in modules.values():
         m.train()
     bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps)
@@ -142,7 +290,7 @@ def _run_loop(stage: str, run_dir: Path, modules: dict, optimizer, lr_at_step, s
             log.append([step, loss.item()])
             bar.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
-            save_state(ckpt, step + 1, modules, optimizer, log)
+            save_state(ckpt, step + 1, modules, optimizer, log, recipe)
     for m in modules.values():
         m.eval()
     return log
@@ -166,7 +314,20 @@ def photo_bank(device) -> list[torch.Tensor]:
     return bank
 
 
-def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device) -> torch.Tensor:
+# Contrast weighting: weight = CONTRAST_REFERENCE / (RGB distance of shape and background), at most
+# MAX_CONTRAST_WEIGHT; white and black backgrounds are ~250-350 away, orange on red ~110.
+CONTRAST_REFERENCE = 200.0
+MAX_CONTRAST_WEIGHT = 4.0
+
+
+def contrast_weight(scene: world.Scene) -> float:
+    distance = np.linalg.norm(np.subtract(world.COLOURS[scene.colour],
+                                          world.BACKGROUNDS[scene.background]))
+    return float(min(MAX_CONTRAST_WEIGHT, CONTRAST_REFERENCE / distance))
+
+
+def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device):
+    """Step `step`'s images (world scenes, then photo crops) and each one's loss weight."""
     rng = step_rng(cfg.seed, 1, step)
     n_photos = round(cfg.photo_fraction * cfg.vae_batch)
     scenes = world.sample_scenes(cfg.vae_batch - n_photos, int(rng.integers(2**31)))
@@ -176,28 +337,44 @@ def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device) -> torc
         y = rng.integers(img.shape[1] - world.IMAGE_SIZE + 1)
         x = rng.integers(img.shape[2] - world.IMAGE_SIZE + 1)
         batch.append(img[None, :, y:y + world.IMAGE_SIZE, x:x + world.IMAGE_SIZE])
-    return torch.cat(batch)
+    weights = [contrast_weight(s) if cfg.contrast_weighting else 1.0 for s in scenes]
+    return torch.cat(batch), torch.tensor(weights + [1.0] * n_photos, device=device)
 
 
-def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path):
+def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between horizontal and vertical finite differences: an edge-aware reconstruction term."""
+    return (F.l1_loss(recon.diff(dim=-1), x.diff(dim=-1))
+            + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
+
+
+def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None):
+    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`."""
     device = default_device()
     torch.manual_seed(cfg.seed)
     vae = build_autoencoder(model_cfg).to(device)
+    if start_from is not None:
+        vae.load_state_dict(start_from.state_dict())
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     schedule = warmup_cosine(100, cfg.vae_steps)
     photos = photo_bank(device)
 
     def loss_at_step(step):
-        x = autoencoder_batch(cfg, step, photos, device)
+        x, weights = autoencoder_batch(cfg, step, photos, device)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=step_generator(cfg.seed, 1, step)).to(device)
         recon = vae.decode(z).sample
         kl = posterior.kl().mean()  # summed over latent elements, averaged over the batch
-        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * kl
+        error = (recon - x).flatten(1)
+        per_image = error.abs().mean(1) + error.pow(2).mean(1)  # L1 + MSE
+        loss = (weights * per_image).mean() + cfg.kl_weight * kl
+        if cfg.edge_weight:
+            loss = loss + cfg.edge_weight * edge_loss(recon, x)
+        return loss
 
     log = _run_loop("autoencoder", run_dir, {"vae": vae}, optimizer,
-                    lambda step: cfg.vae_lr * schedule(step), cfg.vae_steps, cfg, loss_at_step)
+                    lambda step: cfg.vae_lr * schedule(step), cfg.vae_steps, cfg, loss_at_step,
+                    stage_recipes(cfg, model_cfg)["autoencoder"])
     return vae.cpu(), log
 
 
@@ -227,97 +404,158 @@ def measure_scaling_factor(means: torch.Tensor, stds: torch.Tensor, seed: int = 
 # ----------------------------------------------------------------------------- stage 2
 
 
+def denoiser_batch(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict, step: int):
+    """Step `step`'s draw for Eq. 3: (z0, ε, t, caption) per sample. z0 is a posterior sample,
+    scaled to unit variance; the caption is an index into `caption_table`: the latent's English
+    caption, or (with "zh", half the time) its Chinese one, or -1, the empty prompt (dropout)."""
+    rng = step_rng(cfg.seed, 2, step)
+    gen = step_generator(cfg.seed, 2, step)
+    means, stds, scale = latents["means"], latents["stds"], latents["scaling_factor"]
+    idx = torch.from_numpy(rng.integers(len(means), size=cfg.unet_batch))
+    dropped = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.caption_dropout)
+    z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, model_cfg.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+    captions = idx
+    if "zh" in model_cfg.languages:
+        captions = idx + len(means) * torch.from_numpy(rng.random(cfg.unet_batch) < 0.5)
+    return z0, noise, t, torch.where(dropped, -1, captions)
+
+
+def caption_table(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict) -> list[str]:
+    """The captions `denoiser_batch` indexes: English, then Chinese (with "zh"), then ""."""
+    chinese = []
+    if "zh" in model_cfg.languages:
+        chinese = world.chinese_captions(latents["captions"], cfg.seed)
+    return [*latents["captions"], *chinese, ""]
+
+
 def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, latents: dict,
                    stage: str = "denoiser"):
-    """Text encoder + UNet from scratch on cached latents (paper Eq. 3, v-prediction)."""
-    from diffusers import DDPMScheduler
-
+    """Text encoder + UNet from scratch on cached latents: `unet.denoising_loss` (paper Eq. 3,
+    v-prediction) on the forward process of `noise_schedule`, with the pipeline's own schedule."""
     device = default_device()
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(model_cfg)
     text_encoder = build_text_encoder(model_cfg, tokenizer).to(device)
     unet = build_unet(model_cfg).to(device)
-    noise_scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config(model_cfg).items()
-                                       if k not in ("set_alpha_to_one", "steps_offset")})
+    alphas_cumprod = NoiseSchedule.from_config(scheduler_config(model_cfg)).alphas_cumprod.to(device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     schedule = warmup_cosine(cfg.warmup, cfg.unet_steps)
-
-    def token_ids(captions):
-        return tokenizer(captions, padding="max_length", max_length=model_cfg.max_tokens,
-                         truncation=True, return_tensors="pt").input_ids
-
-    all_ids = token_ids(latents["captions"])
-    empty_ids = token_ids([""])[0]
-    means, stds, scale = latents["means"], latents["stds"], latents["scaling_factor"]
+    all_ids = tokenizer(caption_table(cfg, model_cfg, latents), padding="max_length",
+                        max_length=model_cfg.max_tokens, truncation=True,
+                        return_tensors="pt").input_ids
 
     def loss_at_step(step):
-        rng = step_rng(cfg.seed, 2, step)
-        gen = step_generator(cfg.seed, 2, step)
-        idx = torch.from_numpy(rng.integers(len(means), size=cfg.unet_batch))
-        ids = all_ids[idx].clone()
-        ids[torch.from_numpy(rng.random(cfg.unet_batch) < cfg.caption_dropout)] = empty_ids
-        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, model_cfg.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-        z_t = noise_scheduler.add_noise(z0, noise, t)
-        if model_cfg.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(z0, noise, t)
-        else:
-            target = noise
-        context = text_encoder(ids.to(device))[0]
-        pred = unet(z_t.to(device), t.to(device), context).sample
-        return F.mse_loss(pred, target.to(device))
+        z0, noise, t, captions = denoiser_batch(cfg, model_cfg, latents, step)
+        context = text_encoder(all_ids[captions].to(device))[0]
+        return denoising_loss(unet, z0.to(device), t.to(device), noise.to(device), context,
+                              alphas_cumprod, model_cfg.prediction_type).mean()
 
+    recipe = {**stage_recipes(cfg, model_cfg)["denoiser"],
+              "vae_sha256": latents.get("recipe", {}).get("vae_sha256")}
     log = _run_loop(stage, run_dir, {"text_encoder": text_encoder, "unet": unet}, optimizer,
-                    lambda step: cfg.unet_lr * schedule(step), cfg.unet_steps, cfg, loss_at_step)
+                    lambda step: cfg.unet_lr * schedule(step), cfg.unet_steps, cfg, loss_at_step,
+                    recipe)
     return tokenizer, text_encoder.cpu(), unet.cpu(), log
 
 
 # ----------------------------------------------------------------------------- the recipe
 
 
+def check_run(run_dir: str | Path, cfg: TrainConfig, export_to: str | Path | None = None):
+    """Everything `train` is given, checked before any work: ValueError in one line naming the
+    bad value. Creates the run folder; returns (run_dir, export_to) as paths."""
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    for name, path in (("run_dir", run_dir), ("export_to", export_to)):
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            raise ValueError(f"{name}={str(path)!r} is a file; it must be a folder (or not exist yet)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, None if export_to is None else Path(export_to)
+
+
+def cached_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path):
+    """Stage 1's result, `run_dir/vae`: loaded if whole and of this recipe, else trained and saved
+    (the folder with its `recipe.json` renamed into place in one step)."""
+    from diffusers import AutoencoderKL
+
+    vae_dir, recipe = run_dir / "vae", stage_recipes(cfg, model_cfg)["autoencoder"]
+    if vae_dir.exists():
+        try:
+            old = json.loads((vae_dir / "recipe.json").read_text())
+            if old == recipe:
+                return AutoencoderKL.from_pretrained(vae_dir)
+            _note(f"{vae_dir}: another recipe ({recipe_changes(old, recipe)}); training it again")
+        except DAMAGED as e:
+            _note(f"{vae_dir} is damaged ({_one_line(e)}); rebuilding it")
+    vae, _ = train_autoencoder(cfg, model_cfg, run_dir)
+
+    def save(tmp):
+        vae.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+
+    write_atomic(vae_dir, save)
+    return vae
+
+
+def cached_latents(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, vae) -> dict:
+    """The world encoded once by the frozen autoencoder: `latents.safetensors` (posterior means
+    and stds) and `latents.json` (captions, scaling factor), both recording the recipe and the
+    sha256 of the autoencoder weights they came from. Rebuilt unless both are whole and agree."""
+    cache, meta_path = run_dir / "latents.safetensors", run_dir / "latents.json"
+    recipe = {**stage_recipes(cfg, model_cfg)["latents"],
+              "vae_sha256": file_digest(run_dir / "vae" / "diffusion_pytorch_model.safetensors")}
+    if cache.exists() or meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            with safe_open(cache, "pt") as f:
+                tensor_recipe = json.loads(f.metadata()["recipe"])
+            if meta["recipe"] == tensor_recipe == recipe:
+                tensors = load_file(cache)
+                if not len(tensors["means"]) == len(tensors["stds"]) == len(meta["captions"]):
+                    raise ValueError("its latents and captions differ in number")
+                return {**tensors, **meta}
+            _note(f"{cache}: another recipe ({recipe_changes(meta['recipe'], recipe)}); "
+                  "encoding the latents again")
+        except DAMAGED as e:
+            _note(f"{cache} or {meta_path.name} is damaged ({_one_line(e)}); rebuilding them")
+    means, stds, captions = encode_world(vae.to(default_device()).eval(), cfg.n_latents,
+                                         seed=cfg.seed + 1)
+    vae.cpu()
+    tensors = {"means": means.contiguous(), "stds": stds.contiguous()}
+    meta = {"captions": captions, "scaling_factor": measure_scaling_factor(means, stds),
+            "recipe": recipe}
+    # the JSON first: a kill between the two renames leaves a pair that disagrees, and is rebuilt
+    write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
+    write_atomic(cache, lambda tmp: save_file(tensors, tmp, metadata={"recipe": json.dumps(recipe)}))
+    return {**tensors, **meta}
+
+
 def train(run_dir: str | Path, cfg: TrainConfig | None = None,
           model_cfg: TinyLDMConfig | None = None, export_to: str | Path | None = None):
     """The whole recipe, resumable: re-running with the same `run_dir` continues where it stopped.
 
-    Returns the assembled `StableDiffusionPipeline`; `export_to` also saves it there.
+    A changed recipe is honoured: each stage whose settings differ from what its saved result
+    records is redone (one line says which settings changed), and the stages after it.
+    `run_dir/config.json` records the recipe. Returns the assembled `StableDiffusionPipeline`;
+    `export_to` also saves it there (renamed into place when complete).
     """
-    from diffusers import AutoencoderKL
-
     cfg, model_cfg = cfg or TrainConfig(), model_cfg or TinyLDMConfig()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, export_to = check_run(run_dir, cfg, export_to)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    (run_dir / "config.json").write_text(json.dumps(
-        {"train": asdict(cfg), "model": asdict(model_cfg)}, indent=2))
+    write_atomic(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(
+        {"train": asdict(cfg), "model": asdict(model_cfg)}, indent=2)))
 
-    vae_dir = run_dir / "vae"
-    if (vae_dir / "config.json").exists():
-        vae = AutoencoderKL.from_pretrained(vae_dir)
-    else:
-        vae, _ = train_autoencoder(cfg, model_cfg, run_dir)
-        vae.save_pretrained(vae_dir)
-
-    cache = run_dir / "latents.safetensors"
-    if cache.exists():
-        tensors = load_file(cache)
-        meta = json.loads((run_dir / "latents.json").read_text())
-    else:
-        means, stds, captions = encode_world(vae.to(default_device()).eval(), cfg.n_latents,
-                                             seed=cfg.seed + 1)
-        vae.cpu()
-        tensors = {"means": means.contiguous(), "stds": stds.contiguous()}
-        meta = {"captions": captions, "scaling_factor": measure_scaling_factor(means, stds)}
-        save_file(tensors, cache)
-        (run_dir / "latents.json").write_text(json.dumps(meta))
-    latents = {**tensors, **meta}
-    vae.register_to_config(scaling_factor=meta["scaling_factor"])
+    vae = cached_autoencoder(cfg, model_cfg, run_dir)
+    latents = cached_latents(cfg, model_cfg, run_dir, vae)
+    vae.register_to_config(scaling_factor=latents["scaling_factor"])
 
     tokenizer, text_encoder, unet, _ = train_denoiser(cfg, model_cfg, run_dir, latents)
     pipe = build_pipeline(model_cfg, vae.eval(), text_encoder.eval(), tokenizer, unet.eval())
     if export_to is not None:
-        pipe.save_pretrained(export_to, safe_serialization=True)
+        write_atomic(export_to, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
     return pipe
 
 

@@ -2,8 +2,10 @@
 
 Every image is 64×64 RGB with one axis-aligned shape, and its caption says exactly what is
 drawn, so a generated picture can be checked against its prompt (see `tutorial_ldm.metrics`).
+Captions come in English and in Chinese:
 
-    caption = "a [small|large] <colour> <shape> <position> [on a <colour> background]"
+    caption    = "a [small|large] <colour> <shape> <position> [on a <colour> background]"
+    caption_zh = "[在]<位置>有一个[大的|小的]<颜色>[的]<形状>[，<颜色>背景]"   ("的" optional anywhere)
 
 Scenes are drawn deterministically from a seed: `sample_scenes(n, seed)` then `render(scene)`.
 """
@@ -46,6 +48,17 @@ POSITIONS = {
 # Size word ("" = unsaid) -> side of the shape's bounding box in pixels.
 SIZES = {"small": 16, "": 24, "large": 32}
 
+# The same words in Chinese; where there are several, the first is the canonical one.
+COLOURS_ZH = {"red": "红色", "orange": "橙色", "yellow": "黄色", "green": "绿色", "blue": "蓝色",
+              "purple": "紫色"}
+BACKGROUNDS_ZH = {"white": "白色", "black": "黑色", **COLOURS_ZH}
+SHAPES_ZH = {"circle": ("圆形",), "square": ("正方形", "方形"), "triangle": ("三角形",)}
+POSITIONS_ZH = {"on the left": ("左边", "左侧"), "on the right": ("右边", "右侧"),
+                "at the top": ("上边", "上面"), "at the bottom": ("下边", "下面"),
+                "in the center": ("中间",)}
+SIZES_ZH = {"small": "小", "": "", "large": "大"}
+ZH_GLUE = ("在", "有", "一个", "的", "，", "背景")  # the words of the two sentence forms
+
 POSITION_JITTER = 3  # pixels; the shape's centre wanders this far from its anchor
 WHITE_BACKGROUND_P = 0.5  # half the scenes have the unsaid white background
 
@@ -67,29 +80,100 @@ class Scene:
             words.append(f"on a {self.background} background")
         return " ".join(w for w in words if w)
 
+    @property
+    def caption_zh(self) -> str:
+        """The canonical Chinese caption: "<位置>有一个[大的|小的]<颜色>的<形状>[，<颜色>背景]"."""
+        return chinese_caption(self)
 
-def vocabulary() -> list[str]:
-    """Every word a caption can contain, in a fixed order."""
+
+def chinese_caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
+    """The scene in Chinese. Without `rng`, the canonical caption; with it, one of the variants a
+    person writes: either sentence form, the synonyms (方形, 左侧, 上面 …), "的" sometimes left out."""
+
+    def pick(options):
+        return options[0] if rng is None else options[int(rng.integers(len(options)))]
+
+    def de(canonical: bool) -> str:  # the optional "的": 7 times in 10 in the variants
+        return ("的" if canonical else "") if rng is None else "的" * (rng.random() < 0.7)
+
+    size = SIZES_ZH[scene.size] + de(True) if scene.size else ""
+    text = (pick(("", "在")) + pick(POSITIONS_ZH[scene.position]) + "有一个" + size
+            + COLOURS_ZH[scene.colour] + de(True) + pick(SHAPES_ZH[scene.shape]))
+    if scene.background != "white":
+        text += "，" + BACKGROUNDS_ZH[scene.background] + de(False) + "背景"
+    return text
+
+
+def chinese_captions(captions: list[str], seed: int) -> list[str]:
+    """One Chinese variant (`chinese_caption`) for each English caption, the same for the same seed."""
+    rng = np.random.default_rng([seed, 86])  # 86: the telephone code of China, a stream of its own
+    return [chinese_caption(parse_caption(c), rng) for c in captions]
+
+
+def vocabulary(languages: tuple[str, ...] = ("en",)) -> list[str]:
+    """Every word a caption can contain, in a fixed order: English first, then (with "zh") the
+    Chinese words, so that adding Chinese keeps every English word's index."""
     words: list[str] = ["a", "small", "large", *SHAPES, *BACKGROUNDS, "background"]
     for phrase in POSITIONS:
         words += phrase.split()
+    if "zh" in languages:
+        words += [*BACKGROUNDS_ZH.values(), *sum(SHAPES_ZH.values(), ()),
+                  *sum(POSITIONS_ZH.values(), ()), "大", "小", *ZH_GLUE]
     return list(dict.fromkeys(words))
 
 
 def normalize_prompt(prompt: str) -> str:
-    """Case-insensitive, spaces collapsed: the form captions are compared in."""
-    return " ".join(prompt.lower().split())
+    """Case-insensitive, spaces collapsed (removed around Chinese): the form captions are
+    compared in."""
+    text = " ".join(prompt.lower().split())
+    return re.sub(r"\s*([\u3000-\u9fff\uff00-\uffef])\s*", r"\1", text)
+
+
+def _words(entry) -> tuple[str, ...]:
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
+def _parse_chinese(text: str) -> re.Match | None:
+    def named(group, table):  # one named alternation of the table's words, longest first
+        words = sorted((w for entry in table.values() for w in _words(entry)), key=len, reverse=True)
+        return rf"(?P<{group}>{'|'.join(words)})"
+
+    pattern = (rf"在?{named('position', POSITIONS_ZH)}有一个(?:(?P<size>[大小])的?)?"
+               rf"{named('colour', COLOURS_ZH)}的?{named('shape', SHAPES_ZH)}"
+               rf"(?:[，,]{named('background', BACKGROUNDS_ZH)}的?背景)?")
+    return re.fullmatch(pattern, text)
+
+
+def _english_key(table: dict, word: str | None) -> str | None:
+    """The English key of a Chinese word in one of the *_ZH tables."""
+    return next((k for k, entry in table.items() if word in _words(entry)), None)
 
 
 def parse_caption(caption: str) -> Scene:
-    """Read a caption of this world back into a `Scene` (the inverse of `Scene.caption`)."""
+    """Read a caption of this world, English or Chinese, back into a `Scene` (the inverse of
+    `Scene.caption` and `chinese_caption`)."""
+    text = normalize_prompt(caption)
+    if re.search(r"[\u4e00-\u9fff]", text):
+        match = _parse_chinese(text)
+        if match is None:
+            raise ValueError(
+                f"caption {caption!r} is not of the form "
+                "'[在]<位置>有一个[大的|小的]<颜色>[的]<形状>[，<颜色>背景]'"
+            )
+        return Scene(
+            shape=_english_key(SHAPES_ZH, match["shape"]),
+            colour=_english_key(COLOURS_ZH, match["colour"]),
+            position=_english_key(POSITIONS_ZH, match["position"]),
+            size={"大": "large", "小": "small"}.get(match["size"], ""),
+            background=_english_key(BACKGROUNDS_ZH, match["background"]) or "white",
+        )
     colours = "|".join([*COLOURS, *UNSEEN_COLOURS])
     pattern = (
         rf"a (?:(?P<size>small|large) )?(?P<colour>{colours}) (?P<shape>{'|'.join(SHAPES)}) "
         rf"(?P<position>{'|'.join(POSITIONS)})"
         rf"(?: on a (?P<background>{'|'.join(BACKGROUNDS)}) background)?"
     )
-    match = re.fullmatch(pattern, normalize_prompt(caption))
+    match = re.fullmatch(pattern, text)
     if match is None:
         raise ValueError(
             f"caption {caption!r} is not of the form "

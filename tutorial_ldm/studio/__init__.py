@@ -12,6 +12,8 @@ Everything a student clicks is also a public attribute, so a notebook (or a test
     app.wait()              # generation runs in a background thread; wait() blocks until done
     app.last_images         # the PIL images, settings in image.info["parameters"]
     app.batch_count.value = 3   # three runs one after another (batch_size: images per run)
+    app.vae.value = "None"  # A1111's VAE setting: "Automatic", "None" or a file of models/VAE
+    app.clip_skip.value = 2     # A1111's Clip skip: 2 = the text encoder's penultimate layer
     app.load_png("00012-42.png")  # PNG Info: a saved image's settings back into the controls
     app.language = "zh"     # or the English / 中文 switch at the top
 
@@ -26,6 +28,7 @@ The package, one idea per module:
     render.py    pure functions: values in, HTML out
     controls.py  number boxes that keep what was typed, beside their sliders
     job.py       the background job: one lock; start, stop, wait, busy
+    img2img.py   the img2img and inpaint modes, the Hires fix section, "→ img2img" on gallery images
     app.py       the controller: the controls and what each click does
 
 `tutorial_ldm.studio(...)` is this package called like a function (the name teachers know),

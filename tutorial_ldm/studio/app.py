@@ -15,7 +15,6 @@ import io
 import re
 import secrets
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import ipywidgets as w
 from ..autoencoder import vae_factor
 from ..extra_networks import check_available
 from ..generation import generate
-from ..loading import list_models, load_pipeline, model_name, models_dir
+from ..loading import list_models, list_vaes, load_pipeline, model_info, model_name, models_dir, vae_dir
 from ..parameters import read_parameters, save_image
 from ..paths import SHIPPED_MODEL
 from ..preview import latent_rgb_for, project
@@ -33,6 +32,7 @@ from ..samplers import A1111_NAMES, SAMPLERS
 from ..settings import MAX_SEED, GenerationSettings, SettingsError, defaults_for, validate
 from . import render
 from .controls import NumberBox, labelled, paired
+from .img2img import ImagePanel
 from .job import Job
 from .messages import explain, explain_load, settings_message, warnings_for
 from .networks import NetworksRow
@@ -47,14 +47,16 @@ SAVE_DIR = Path("outputs") / "txt2img-images"  # A1111's folder, relative to the
 DEFAULT_PROMPT = "a red circle on the left"
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _SHIPPED, _GIVEN = "shipped", "given"  # model-list values besides checkpoint paths
+_AUTOMATIC, _NO_VAE = "Automatic", "None"  # VAE-list values besides VAE files (load_pipeline's vae=)
 _NUMBERED = re.compile(r"(\d{5,})-.*\.png")  # A1111's file names: a running number, then the seed
 # (attribute, label key, tooltip key): every label the language switch rewrites
 _LABELS = (
     ("language_button", "language", None), ("model", "model", "model_tip"),
-    ("refresh_button", "refresh", "refresh_tip"), ("prompt", "prompt", None),
+    ("refresh_button", "refresh", "refresh_tip"), ("vae", "vae", "vae_tip"), ("prompt", "prompt", None),
     ("negative_prompt", "negative_prompt", None), ("weights_button", "show_weights", "weights_tip"),
     ("sampler", "sampler", None), ("steps", "steps", None), ("cfg", "cfg", "cfg_tip"),
-    ("seed", "seed", "seed_tip"), ("random_seed_button", "random_seed", "random_seed_tip"),
+    ("clip_skip", "clip_skip", "clip_skip_tip"), ("seed", "seed", "seed_tip"),
+    ("random_seed_button", "random_seed", "random_seed_tip"),
     ("reuse_seed_button", "reuse_seed", "reuse_seed_tip"), ("width", "width", None),
     ("height", "height", None), ("batch_size", "batch_size", "batch_size_tip"),
     ("batch_count", "batch_count", "batch_count_tip"), ("generate_button", "generate", None),
@@ -111,6 +113,7 @@ class Studio(w.VBox):
         self.language_button.style.button_width = "6em"
         self.model = labelled(w.Dropdown(layout=w.Layout(width="auto", flex="1")))
         self.refresh_button = w.Button(layout=w.Layout(width="3em"))
+        self.vae = labelled(w.Dropdown(layout=w.Layout(width="auto", flex="1")))
         self.prompt = labelled(w.Textarea(DEFAULT_PROMPT, rows=3), "100%")
         self.negative_prompt = labelled(w.Textarea("", rows=2), "100%")
         self.networks = NetworksRow(self.prompt, self.negative_prompt, self._lang)  # LoRAs, embeddings
@@ -121,6 +124,7 @@ class Studio(w.VBox):
         self.steps, self.steps_slider = labelled(NumberBox(25), box), w.IntSlider(25, min=1, max=MAX_STEPS_SLIDER)
         self.cfg = labelled(NumberBox(7.0, float), box)
         self.cfg_slider = w.FloatSlider(7.0, min=0.0, max=MAX_CFG_SLIDER, step=0.5)
+        self.clip_skip = labelled(NumberBox(1), box)
         self.seed = labelled(NumberBox(-1), "16em")
         self.random_seed_button = w.Button(layout=w.Layout(width="3em"))
         self.reuse_seed_button = w.Button(layout=w.Layout(width="3em"), disabled=True)
@@ -141,16 +145,17 @@ class Studio(w.VBox):
         self.preview = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
         self.preview.add_class(render.PIXELATED)
         self.preview_caption = w.HTML()
+        self.image_panel = ImagePanel(self)  # img2img, inpaint, Hires fix (studio/img2img.py)
         self.gallery = w.GridBox(layout=w.Layout(grid_template_columns="repeat(auto-fill, minmax(200px, 1fr))",
                                                  grid_gap="8px"))
         controls = w.VBox([
-            self.language_button, w.HBox([self.model, self.refresh_button]),
-            self.prompt, self.negative_prompt, self.networks, w.HBox([self.weights_button, self.png_info]),
-            self.weights,
-            self.sampler, paired(self.steps, self.steps_slider), paired(self.cfg, self.cfg_slider),
+            self.language_button, w.HBox([self.model, self.refresh_button]), self.vae,
+            self.prompt, self.negative_prompt, self.networks, w.HBox([self.weights_button, self.png_info]), self.weights,
+            self.sampler, paired(self.steps, self.steps_slider), paired(self.cfg, self.cfg_slider), self.clip_skip,
             w.HBox([self.seed, self.random_seed_button, self.reuse_seed_button]),
             paired(self.width, self.width_slider), paired(self.height, self.height_slider),
             paired(self.batch_size, self.batch_size_slider), paired(self.batch_count, self.batch_count_slider),
+            self.image_panel,
             w.HBox([self.generate_button, self.stop_button, self.save_button]),
             self.progress, self.status,
         ], layout=w.Layout(width="460px", min_width="360px"))
@@ -160,6 +165,7 @@ class Studio(w.VBox):
     def _connect(self) -> None:
         self.language_button.observe(lambda change: setattr(self, "language", change["new"]), names="value")
         self.model.observe(self._on_model_change, names="value")
+        self.vae.observe(self._on_vae_change, names="value")
         self.refresh_button.on_click(self._on_refresh)
         for widget in (self.weights_button, self.prompt, self.negative_prompt):
             widget.observe(lambda _: self._show_weights(), names="value")
@@ -190,9 +196,10 @@ class Studio(w.VBox):
             widget = getattr(self, name)
             widget.description = t[key]
             if tip:
-                widget.tooltip = t[tip].format(folder=self._folder() if name == "refresh_button" else self.save_dir)
+                widget.tooltip = t[tip].format(folder=self._tip_folder(name))
         self.prompt.placeholder, self.negative_prompt.placeholder = t["prompt_placeholder"], t["negative_placeholder"]
         self.networks.language = lang
+        self.image_panel.relabel(t)
         if self.model.options:
             self._fill_model_list()
         self._show_weights()
@@ -202,6 +209,10 @@ class Studio(w.VBox):
             self._show_gallery(self.last_images)
 
     lang = language  # the keyword studio(lang=...) takes
+
+    def _tip_folder(self, name: str) -> Path:
+        """The folder a tooltip names: the models folder, the VAE folder, or where images are saved."""
+        return {"refresh_button": self._folder(), "vae": vae_dir()}.get(name, self.save_dir)
 
     @property
     def t(self) -> dict:
@@ -255,9 +266,10 @@ class Studio(w.VBox):
         except (OSError, ValueError) as e:
             self._say("png_unreadable", kind="error", name=name, reason=str(e))
             return None
-        fields = ["prompt", "negative_prompt", "steps", "guidance", "seed"]
+        fields = ["prompt", "negative_prompt", "steps", "guidance", "seed", "clip_skip"]
         self.prompt.value, self.negative_prompt.value = s.prompt, s.negative_prompt
         self.steps.value, self.cfg.value, self.seed.value = s.steps, s.guidance, s.seed
+        self.clip_skip.value = s.clip_skip
         if s.width and s.height:
             self.width.value, self.height.value = s.width, s.height
             fields += ["width", "height"]
@@ -267,12 +279,16 @@ class Studio(w.VBox):
             fields.append("sampler")
         else:
             notes.append(lambda t: t["png_unknown_sampler"].format(sampler=s.sampler))
+        fields += self.image_panel.load_settings(s)  # strength, mask blur, hires fix
         if s.model and self.pipe is not None and s.model != model_name(self.pipe):
             notes.append(lambda t: t["png_model"].format(model=s.model, current=model_name(self.pipe)))
         try:  # the LoRAs and embeddings it records must be here to make it again
             check_available(s)
         except (OSError, ValueError) as e:
             notes.append(lambda t, e=e: str(e))
+        vae = (model_info(self.pipe).vae_name or "") if self.pipe is not None else ""
+        if s.vae != vae:
+            notes.append(lambda t: t["png_vae"].format(vae=s.vae or t["vae_own"], current=vae or t["vae_own"]))
         def read(lang):
             t = STRINGS[lang]
             return t["png_read"].format(name=name, fields=t["list_separator"].join(t[FIELD_LABELS[f]] for f in fields))
@@ -306,8 +322,27 @@ class Studio(w.VBox):
             self.model.value = current if current in values else values[0]
         finally:
             self._filling = False
+        skipped = self._fill_vae_list()
         if self._loaded is not None and self.model.value != self._loaded:  # the loaded one is gone
             self._start(self._load, self.model.value)
+        return [f"{_relative(path, folder)} ({reason})" for path, reason in found.skipped] + skipped
+
+    def _fill_vae_list(self) -> list:
+        """Automatic, None and the VAE folder's files (`list_vaes`), as A1111's VAE setting; return
+        what was skipped. A file that is gone falls back to Automatic."""
+        t, folder = self.t, vae_dir()
+        found = list_vaes(folder)
+        options = [(t["vae_automatic"], _AUTOMATIC), (t["vae_none"], _NO_VAE)]
+        options += [(str(p.relative_to(folder)), str(p)) for p in found]
+        current, values = self.vae.value, [v for _, v in options]
+        self._filling = True
+        try:
+            self.vae.options = options
+            self.vae.value = current if current in values else _AUTOMATIC
+        finally:
+            self._filling = False
+        if current is not None and current != self.vae.value and self._loaded not in (None, _GIVEN):
+            self._start(self._load, self._loaded)  # the VAE in use is gone: load the model again
         return [f"{_relative(path, folder)} ({reason})" for path, reason in found.skipped]
 
     def _on_refresh(self, _button=None) -> None:
@@ -325,13 +360,25 @@ class Studio(w.VBox):
             finally:
                 self._filling = False
 
+    def _on_vae_change(self, change) -> None:
+        """Another VAE: the current checkpoint is loaded again with it (A1111 swaps it in place)."""
+        if self._filling or change["new"] is None or self._loaded in (None, _GIVEN):
+            return
+        if not self._start(self._load, self._loaded):
+            self._filling = True
+            try:
+                self.vae.value = change["old"]
+            finally:
+                self._filling = False
+
     def _load(self, value) -> None:
-        """Load the model-list entry `value` and make it current; on failure keep the old one."""
+        """Load the model-list entry `value` (with the chosen VAE) and make it current; on failure
+        keep the old one. The given pipeline is used as it is, its VAE included."""
         label = self._model_label(value)
         self._say("loading", model=label)
         try:
-            pipe = self._given if value == _GIVEN else _quiet(load_pipeline, None if value == _SHIPPED else value,
-                                                             **self.load_options)
+            options = {"vae": self.vae.value or _AUTOMATIC, **self.load_options}
+            pipe = self._given if value == _GIVEN else load_pipeline(None if value == _SHIPPED else value, **options)
         except Exception as e:  # any failure to load is shown; the app keeps its model
             current = self._model_label(self._loaded) if self.pipe is not None else "—"
             self._say(lambda lang, e=e: STRINGS[lang]["load_failed"].format(
@@ -341,6 +388,7 @@ class Studio(w.VBox):
                 self.model.value = self._loaded  # _on_model_change sees it is loaded: no reload
             return
         old, self.pipe, self._loaded = self.pipe, pipe, value
+        self.vae.disabled = value == _GIVEN or self.job.busy
         if old is not None and old is not self._given:  # free the previous model's memory now
             del old
             gc.collect()
@@ -358,6 +406,7 @@ class Studio(w.VBox):
                 slider.min, slider.step, slider.max = f, f, max(4 * native, native)  # the studio's own cap
             box.value = native
         self.steps.value, self.cfg.value, self.sampler.value = s.steps, s.guidance, s.sampler
+        self.clip_skip.value = s.clip_skip
         return s
 
     # ----- generation -----
@@ -377,7 +426,8 @@ class Studio(w.VBox):
                 raise BadPrompt(which, e) from None
         s = GenerationSettings(prompt=self.prompt.value, negative_prompt=self.negative_prompt.value,
                                steps=self.steps.value, sampler=self.sampler.value, guidance=self.cfg.value,
-                               seed=self.seed.value, width=self.width.value, height=self.height.value)
+                               seed=self.seed.value, width=self.width.value, height=self.height.value,
+                               clip_skip=self.clip_skip.value, **self.image_panel.fields())
         s = validate(s, self.pipe, batch_size=size * count)  # image k of the whole run uses seed + k
         for field, slider in (("width", self.width_slider), ("height", self.height_slider)):
             if getattr(s, field) > slider.max:  # the studio's own cap: 4× the native side
@@ -407,7 +457,8 @@ class Studio(w.VBox):
         self._start(self._generate, settings, size, count)
 
     def _generate(self, settings: GenerationSettings, size: int, count: int) -> None:
-        pipe, steps = self.pipe, settings.steps
+        pipe, steps = self.pipe, self.image_panel.steps_run(settings)
+        run = self.image_panel.runner() or generate  # img2img / inpaint, or text to image
 
         def warnings(lang):  # a function of the language: said again after a language switch
             return warnings_for(pipe, settings, lang)
@@ -423,7 +474,7 @@ class Studio(w.VBox):
                     self._on_step(b, count, i, total, denoised, settings, preview_failed)
 
                 batch = replace(settings, seed=settings.seed + b * size)
-                made = generate(pipe, **batch.generate_kwargs(), batch_size=size, callback=on_step, progress=False)
+                made = run(pipe, **batch.generate_kwargs(), batch_size=size, callback=on_step, progress=False)
                 images += made
                 used += made.settings
         except Interrupted as e:
@@ -489,7 +540,7 @@ class Studio(w.VBox):
                 picture.add_class(render.STALE)
             caption = render.caption(t["settings_of"].format(k=k), image.info.get("parameters", ""),
                                      stale=t["stale"] if stale else None)
-            cells.append(w.VBox([picture, w.HTML(caption)]))
+            cells.append(w.VBox([picture, w.HTML(caption), self.image_panel.send_buttons(image)]))
         self.gallery.children = cells
 
     def _show_weights(self) -> None:
@@ -528,6 +579,7 @@ class Studio(w.VBox):
     def _lock_controls(self, busy: bool) -> None:
         for widget in (self.generate_button, self.model, self.refresh_button, self.png_info):
             widget.disabled = busy
+        self.vae.disabled = busy or self._loaded == _GIVEN
         self.save_button.disabled = busy or not self.last_images
         self.stop_button.disabled = not busy
 
@@ -557,28 +609,6 @@ def _relative(path: Path, folder: Path) -> str:
 def _is_shipped(pipe) -> bool:
     source = pipe.config.get("_name_or_path")
     return source is not None and Path(str(source)).resolve() == SHIPPED_MODEL
-
-
-def _quiet(load, *args, **kwargs):
-    """load(*args, **kwargs) without loading bars from diffusers and transformers: the status says "Loading…"."""
-    with _no_progress_bars():
-        return load(*args, **kwargs)
-
-
-@contextmanager
-def _no_progress_bars():
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = [lib.enable_progress_bar for lib in (diffusers_logging, transformers_logging)
-               if lib.is_progress_bar_enabled()]
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for enable in restore:
-            enable()
 
 
 def _empty_cuda_cache() -> None:

@@ -225,3 +225,46 @@ def test_png_regenerates_and_names_a_missing_file(folders, tiny, tmp_path):
     save_file(kohya_lora(tiny, seed=6), folders[0] / "style.safetensors")
     with pytest.raises(ValueError, match="another version"):
         xn.check_available(s)
+
+
+# -- every generation path -------------------------------------------------------------------------
+
+def _only(state: dict, prefix: str) -> dict:
+    return {k: v for k, v in state.items() if k.startswith(prefix + "_")}
+
+
+def test_sdxl_generation_with_a_kohya_lora_is_undone(folders):
+    pipe = build_tiny("sdxl")
+    state = kohya_lora(pipe)
+    save_file(state, folders[0] / "xl.safetensors")
+    save_file(_only(state, "lora_te2"), folders[0] / "xl_te2.safetensors")  # the second encoder alone
+    kw = dict(FAST, width=64, height=64, guidance=5.0)
+    before = pixels(generate(pipe, "a cat", **kw)[0])
+    with_lora = generate(pipe, "a cat <lora:xl:0.8>", **kw)[0]
+    assert np.abs(pixels(with_lora) - before).max() > 0
+    assert np.abs(pixels(generate(pipe, "a cat <lora:xl_te2>", **kw)[0]) - before).max() > 0
+    assert np.array_equal(pixels(generate(pipe, "a cat", **kw)[0]), before)  # bit-identical afterwards
+    assert not any(pipe.get_list_adapters().values())
+    assert f"Lora hashes: \"xl: {xn.lora_hash(folders[0] / 'xl.safetensors')}\"" in with_lora.info["parameters"]
+
+
+def test_hires_fix_img2img_and_inpaint_honour_the_tags(folders, tiny):
+    from tutorial_ldm.image_to_image import img2img, inpaint, source_image, source_mask
+
+    save_file(kohya_lora(tiny, seed=1), folders[0] / "style.safetensors")
+    width = tiny.text_encoder.get_input_embeddings().weight.shape[-1]
+    torch.save({"string_to_param": {"*": torch.randn(1, width)}}, folders[1] / "neg.pt")
+    hires = dict(hires_upscale=2.0, hires_steps=2, hires_denoising=0.5)
+    paths = {"hires fix": lambda p, n: generate(tiny, p, n, **FAST, **hires),
+             "img2img": lambda p, n: img2img(tiny, source_image(), p, n, strength=0.6, **FAST),
+             "inpaint": lambda p, n: inpaint(tiny, source_image(), source_mask(), p, n, **FAST)}
+    for name, make in paths.items():
+        before = pixels(make(PROMPT, "")[0])
+        tagged = make(PROMPT + " <lora:style>", "")[0]
+        assert np.abs(pixels(tagged) - before).max() > 0, name
+        assert np.array_equal(pixels(make(PROMPT + " <lora:style:0>", "")[0]), before), name  # tag not read as text
+        assert np.abs(pixels(make(PROMPT, "neg")[0]) - before).max() > 0, name  # the embedding too
+        assert np.array_equal(pixels(make(PROMPT, "")[0]), before), name
+        # A1111's place: extra_generation_params after the core and image fields, before Version
+        keys = [pair.split(":")[0].strip() for pair in tagged.info["parameters"].splitlines()[-1].split(", ")]
+        assert keys.index("Lora hashes") == len(keys) - 2 and keys[-1] == "Version", (name, keys)

@@ -168,6 +168,10 @@ def loras_applied(pipe, tags: list[LoraTag], folder=None):
         return
     paths = [find_lora(t.name, folder) for t in tags]
     names = []
+    # peft freezes the models it wraps (requires_grad False), and on the CPU frozen weights can take
+    # other kernels whose last bits differ (seen on SDXL's UNet): the flags are put back too
+    flags = [(p, p.requires_grad) for m in pipe.components.values() if isinstance(m, torch.nn.Module)
+             for p in m.parameters()]
     try:
         for i, path in enumerate(paths):
             name = _adapter_name(i)
@@ -186,6 +190,8 @@ def loras_applied(pipe, tags: list[LoraTag], folder=None):
             pipe.delete_adapters(names)
         if names and not any(pipe.get_list_adapters().values()):
             pipe.unload_lora_weights()  # the peft wrappers go too: the modules are the original ones
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 # -- embeddings ----------------------------------------------------------------------------------

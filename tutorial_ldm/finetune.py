@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
+from .noise_schedule import NoiseSchedule
+from .unet import denoising_loss
 
 NEW_COLOUR = "pink"
 METHODS = ("textual_inversion", "lora", "full")
@@ -122,13 +123,13 @@ def encode_scenes(vae, scenes: list[world.Scene]) -> tuple[torch.Tensor, torch.T
 
 # -- the objective ---------------------------------------------------------------------------------
 
-def v_loss(unet, noise_scheduler, z0: torch.Tensor, context: torch.Tensor, generator) -> torch.Tensor:
-    """Eq. 3 of the paper in v-prediction form: ‖v_θ(z_t, t, c) − (α_t ε − σ_t z_0)‖²."""
+def v_loss(unet, schedule, z0: torch.Tensor, context: torch.Tensor, generator) -> torch.Tensor:
+    """Eq. 3 of the paper in v-prediction form, ‖v_θ(z_t, t, c) − (α_t ε − σ_t z_0)‖², for one draw
+    of (ε, t) per latent: chapter 3's `unet.denoising_loss` (which training runs) on `schedule`'s
+    ᾱ (a `noise_schedule.NoiseSchedule`, or anything with `alphas_cumprod`), averaged."""
     noise = torch.randn(z0.shape, generator=generator)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
-    z_t = noise_scheduler.add_noise(z0, noise, t)
-    target = noise_scheduler.get_velocity(z0, noise, t)
-    return F.mse_loss(unet(z_t, t, context).sample, target)
+    t = torch.randint(0, len(schedule.alphas_cumprod), (len(z0),), generator=generator)
+    return denoising_loss(unet, z0, t, noise, context, schedule.alphas_cumprod, "v_prediction").mean()
 
 
 # -- the three methods ---------------------------------------------------------------------------------
@@ -163,8 +164,6 @@ def lora_formula(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float
 def finetune(pipe, cfg: FinetuneConfig) -> dict:
     """Fine-tune `pipe` (in place) on the new colour with `cfg.method`; returns the log:
     losses, seconds, trainable parameter count. Only the method's parameters receive gradients."""
-    from diffusers import DDPMScheduler
-
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -191,7 +190,7 @@ def finetune(pipe, cfg: FinetuneConfig) -> dict:
                          return_tensors="pt").input_ids
     ids, empty = ids[:-1], ids[-1]
     is_concept = torch.arange(len(scenes)) < cfg.n_concept
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    schedule = NoiseSchedule.from_config(pipe.scheduler.config)  # the pipeline's ᾱ, as train.py
     optimizer = torch.optim.AdamW(params, lr=cfg.lr or LEARNING_RATES[cfg.method],
                                   weight_decay=0.0 if cfg.method == "textual_inversion" else 1e-2)
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
@@ -206,7 +205,7 @@ def finetune(pipe, cfg: FinetuneConfig) -> dict:
         batch_ids = ids[idx].clone()
         batch_ids[torch.from_numpy(rng.random(len(idx)) < cfg.caption_dropout)] = empty
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
-        loss = v_loss(unet, noise_scheduler, z0, encoder(batch_ids)[0], gen)
+        loss = v_loss(unet, schedule, z0, encoder(batch_ids)[0], gen)
         optimizer.zero_grad()
         loss.backward()
         if cfg.method == "textual_inversion":  # only v*: the other rows keep their values

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -158,6 +159,31 @@ def _adapter_name(i: int) -> str:
     return f"a1111_lora_{i}"
 
 
+# Notices that mean nothing here, not red boxes in every notebook cell: a LoRA for the UNet alone
+# (chapter 8's, and many civitai files) has no text-encoder keys; the rows transformers adds for
+# an embedding get the embedding's vectors at once, and are taken away after the generation.
+_NOTICES = {"diffusers.loaders.lora_base": "No LoRA keys associated to",
+            "diffusers.loaders.peft": "No LoRA keys associated to",
+            "diffusers.loaders.lora_pipeline": "No LoRA keys associated to",
+            "transformers.modeling_utils": "The new embeddings will be initialized from a multivariate"}
+
+
+@contextlib.contextmanager
+def _quiet():
+    filters = []
+    for name, notice in _NOTICES.items():
+        def drop(record, notice=notice):
+            return notice not in record.getMessage()
+
+        logging.getLogger(name).addFilter(drop)
+        filters.append((logging.getLogger(name), drop))
+    try:
+        yield
+    finally:
+        for logger, drop in filters:
+            logger.removeFilter(drop)
+
+
 @contextlib.contextmanager
 def loras_applied(pipe, tags: list[LoraTag], folder=None):
     """Apply the tags' LoRAs for the duration of the block (diffusers `load_lora_weights` +
@@ -176,7 +202,8 @@ def loras_applied(pipe, tags: list[LoraTag], folder=None):
         for i, path in enumerate(paths):
             name = _adapter_name(i)
             try:
-                pipe.load_lora_weights(read_lora(path), adapter_name=name)
+                with _quiet():
+                    pipe.load_lora_weights(read_lora(path), adapter_name=name)
             except (KeyError, ValueError, RuntimeError) as e:
                 if isinstance(e, ValueError) and "not supported, only LoRA" in str(e):
                     raise
@@ -272,8 +299,9 @@ def embeddings_loaded(pipe, names: list[str], folder=None):
                     got = "none" if v is None else f"width {v.shape[-1]}"
                     raise ValueError(f"embedding {name!r} ({known[name].name}) does not fit this model: its "
                                      f"{key} vectors have {got}, the text encoder needs width {width}")
-                pipe.load_textual_inversion(v.to(enc.dtype), token=token_names(name, len(v)),
-                                            tokenizer=tok, text_encoder=enc)
+                with _quiet():
+                    pipe.load_textual_inversion(v.to(enc.dtype), token=token_names(name, len(v)),
+                                                tokenizer=tok, text_encoder=enc)
         sizes = {name: len(next(iter(vectors[name].values()))) for name in names}
 
         def rewrite(text: str) -> str:

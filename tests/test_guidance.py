@@ -80,6 +80,7 @@ def test_generate_batch_gives_the_stock_pipelines_images(pipe, scheduler, guidan
     """Through generate_many with the sampler that equals the pipeline's scheduler: the same pixels."""
     import diffusers
 
+    from tutorial_ldm.devices import cpu_threads_for
     from tutorial_ldm.generation import sampler_for
 
     prompts = ["a red circle on the left", "a green triangle at the bottom", "a blue square"]
@@ -87,7 +88,9 @@ def test_generate_batch_gives_the_stock_pipelines_images(pipe, scheduler, guidan
     pipe.scheduler = getattr(diffusers, scheduler).from_config(original.config)
     try:
         ours = G.generate_batch(pipe, prompts, guidance, seed=3, steps=3, negative_prompt=negative)
-        stock = stock_generate_batch(pipe, prompts, guidance, seed=3, steps=3, negative_prompt=negative)
+        # the same arithmetic: as many CPU threads as ours uses (another count changes the last bits)
+        with cpu_threads_for("cpu", None, pipe.unet):
+            stock = stock_generate_batch(pipe, prompts, guidance, seed=3, steps=3, negative_prompt=negative)
         assert sampler_for(pipe.scheduler) in ("ddim", "euler_a", "dpmpp_2m")
     finally:
         pipe.scheduler = original

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from tiny_sd import shipped_pipe, tiny_sd_files
+from tiny_sd import nan_in_half_precision_decode, shipped_pipe, tiny_sd_files
 
 from tutorial_ldm.generation import decode, generate, generate_many, initial_noise, native_size, vae_factor
 from tutorial_ldm.loading import load_pipeline
@@ -287,19 +287,11 @@ def test_cpu_thread_count_is_restored(monkeypatch):
 
 # --- the fp16 NaN guard --------------------------------------------------------------------------
 
-def nan_when_half(module, inputs, output):
-    """Forward hook: the layer overflows as in float16, and only there."""
-    return output if module.weight.dtype == torch.float32 else torch.full_like(output, math.nan)
-
-
 def test_nan_in_a_half_precision_decode_is_decoded_again_in_float32():
     pipe = load_pipeline(device="cpu", dtype=torch.float16)
-    handle = pipe.vae.decoder.conv_out.register_forward_hook(nan_when_half)
-    try:
-        with pytest.warns(RuntimeWarning, match=r"NaN in the image decoded by the torch\.float16 VAE"):
-            image = generate(pipe, PROMPT, seed=4, **{**FAST, "steps": 1})[0]
-    finally:
-        handle.remove()
+    with nan_in_half_precision_decode(pipe), \
+            pytest.warns(RuntimeWarning, match=r"NaN in the image decoded by the torch\.float16 VAE"):
+        image = generate(pipe, PROMPT, seed=4, **{**FAST, "steps": 1})[0]
     assert pipe.vae.dtype == torch.float16  # put back
     assert np.asarray(image).std() > 0  # a real picture, not NaN turned black
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).half()

@@ -2,13 +2,12 @@
 equal to diffusers' StableDiffusionXLPipeline with the matching scheduler (issue 11)."""
 
 import functools
-import math
 import re
 
 import numpy as np
 import pytest
 import torch
-from tiny_sd import tiny_single_file
+from tiny_sd import nan_in_half_precision_decode, tiny_single_file
 
 from tutorial_ldm.generation import generate, is_sdxl, native_size, size_time_ids
 from tutorial_ldm.loading import load_pipeline
@@ -103,15 +102,9 @@ def test_nan_guard_covers_the_sdxl_vae():
     pipe = sdxl(torch.float16)
     assert pipe.vae.config.force_upcast
 
-    def nan_when_half(module, inputs, output):
-        return output if module.weight.dtype == torch.float32 else torch.full_like(output, math.nan)
-
-    handle = pipe.vae.decoder.conv_out.register_forward_hook(nan_when_half)
-    try:
-        with pytest.warns(RuntimeWarning, match=r"NaN in the image decoded by the torch\.float16 VAE"):
-            image = generate(pipe, PROMPT, seed=4, **{**FAST, "steps": 1})[0]
-    finally:
-        handle.remove()
+    with nan_in_half_precision_decode(pipe), \
+            pytest.warns(RuntimeWarning, match=r"NaN in the image decoded by the torch\.float16 VAE"):
+        image = generate(pipe, PROMPT, seed=4, **{**FAST, "steps": 1})[0]
     assert pipe.vae.dtype == torch.float16 and np.asarray(image).std() > 0
 
 

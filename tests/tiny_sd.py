@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import atexit
 import functools
+import math
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -275,3 +277,17 @@ def shipped_pipe():
     from tutorial_ldm.loading import load_pipeline
 
     return load_pipeline(device="cpu")
+
+
+@contextmanager
+def nan_in_half_precision_decode(pipe):
+    """The VAE decoder's last layer overflows to NaN as in float16, and only there (a forward hook,
+    removed afterwards): the case the fp16 NaN guard re-decodes in float32."""
+    def nan_when_half(module, inputs, output):
+        return output if module.weight.dtype == torch.float32 else torch.full_like(output, math.nan)
+
+    handle = pipe.vae.decoder.conv_out.register_forward_hook(nan_when_half)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from studio_driver import click, status
 from tiny_sd import shipped_pipe, tiny_sd_files
 
 import tutorial_ldm
@@ -47,16 +48,6 @@ def app(tmp_path):
     app.save_dir = tmp_path / "outputs"
     app.steps.value = STEPS
     return app
-
-
-def click(app):
-    app.generate_button.click()
-    return app.wait(timeout=120)
-
-
-def status(app):
-    """The status line as the student reads it (HTML entities decoded)."""
-    return html.unescape(app.status.value)
 
 
 def is_error(app):

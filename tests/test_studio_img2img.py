@@ -1,11 +1,11 @@
 """The studio's img2img and inpaint modes and Hires fix, driven like a student: clicks and values."""
 
-import html
 import io
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from studio_driver import click, status
 from tiny_sd import shipped_pipe
 
 from tutorial_ldm import image_to_image as i2i
@@ -21,15 +21,6 @@ def app(tmp_path):
     app = studio(shipped_pipe(), models_dir=tmp_path / "models")
     app.steps.value, app.seed.value = STEPS, 3
     return app
-
-
-def click(app):
-    app.generate_button.click()
-    return app.wait(timeout=120)
-
-
-def status(app):
-    return html.unescape(app.status.value)
 
 
 def upload(widget, data: bytes, name: str):

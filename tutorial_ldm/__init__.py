@@ -71,6 +71,9 @@ _EXPORTS = {
     "check_kl_divergence": "exercises",
     "check_timestep_embedding": "exercises",
     "check_attention": "exercises",
+    "set_language": "language",
+    "current_language": "language",
+    "say": "language",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -108,10 +108,10 @@ def _write_config(folder: Path, python: str) -> dict:
 
 @contextmanager
 def jupyterlab(folder: Path, *, python: str = sys.executable, root_dir: Path = NOTEBOOKS,
-               timeout: float = 120) -> Iterator[Lab]:
-    """JupyterLab on `root_dir` at a free loopback port with a fresh token, its files in `folder`;
-    stopped, with its kernels, on leaving."""
-    port, token = _free_port(), secrets.token_hex(16)
+               port: int | None = None, timeout: float = 120) -> Iterator[Lab]:
+    """JupyterLab on `root_dir` at a loopback port (a free one unless given) with a fresh token,
+    its files in `folder`; stopped, with its kernels, on leaving."""
+    port, token = port or _free_port(), secrets.token_hex(16)
     env = {**os.environ, **_write_config(folder, python),
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(OFFLINE_SITE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     log = folder / "lab.log"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from jupyterlab_browser import IDLE, VIEWPORT, chromium, jupyterlab, open_notebook, red_boxes  # noqa: E402
+from jupyterlab_browser import VIEWPORT, chromium, jupyterlab, open_notebook, red_boxes, wait_for_idle_kernel  # noqa: E402
 
 GENERATE = {"en": "Generate", "zh": "生成"}
 LANGUAGE_BUTTON = {"en": "English", "zh": "中文"}
@@ -42,7 +42,7 @@ def screenshot(lab, out: Path, timeout_ms: int, lang: str, batch_size: int) -> N
         studio_cell.locator(".jp-InputPrompt").click()  # select the cell (command mode)
         page.keyboard.press("Control+Enter")  # run it, stay on it
         studio_cell.locator(".jupyter-widgets button", has_text=GENERATE["en"]).wait_for()
-        page.locator(IDLE).first.wait_for()
+        wait_for_idle_kernel(page)
         if lang != "en":  # the studio's own language switch
             studio_cell.locator(".widget-toggle-buttons button", has_text=LANGUAGE_BUTTON[lang]).click()
         generate = studio_cell.locator(".jupyter-widgets button", has_text=GENERATE[lang])

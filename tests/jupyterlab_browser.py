@@ -57,7 +57,10 @@ SETTINGS = {  # JupyterLab user settings
 # JupyterLab shows an error and anything written to stderr as this output (a red box)
 RED_BOX = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
 RUN_PROMPT = re.compile(r"^\[\d+\]:$")  # a code cell that has run: "[3]:"
-IDLE = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
+# The status bar's kernel item: "Python 3 (tutorial-ldm) | Idle" once the kernel is connected and
+# idle. (The toolbar's execution indicator says "idle" already before the kernel has started, and
+# a Run All clicked then runs nothing.)
+KERNEL_STATUS = "#jp-main-statusbar .jp-StatusBar-TextItem[title^='Change kernel']"
 # True once every code cell shows an execution count ("[3]:"), or as soon as a red box shows:
 # Run All stops at an error, and the cells after it would never get their count.
 ALL_RUN_OR_RED = f"""() => {{
@@ -184,10 +187,14 @@ def chromium(timeout_ms: float = 30_000):
 
 
 def open_notebook(page, lab: Lab, name: str) -> None:
-    """Open notebooks/`name` and wait until its kernel is idle."""
+    """Open notebooks/`name` and wait until its kernel is connected and idle."""
     page.goto(lab.url(f"lab/tree/{name}"))
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-    page.locator(IDLE).first.wait_for()
+    wait_for_idle_kernel(page)
+
+
+def wait_for_idle_kernel(page, timeout_ms: float | None = None) -> None:
+    page.locator(KERNEL_STATUS, has_text=re.compile(r"\| Idle$")).wait_for(timeout=timeout_ms)
 
 
 def run_all(page, timeout_ms: float) -> None:
@@ -199,9 +206,15 @@ def run_all(page, timeout_ms: float) -> None:
 
 
 def wait_until_run(page, timeout_ms: float) -> None:
-    page.wait_for_function(ALL_RUN_OR_RED, timeout=timeout_ms, polling=250)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(ALL_RUN_OR_RED, timeout=timeout_ms, polling=250)
+    except PlaywrightTimeout:
+        raise TimeoutError(f"the cells did not all run within {timeout_ms / 1000:.0f} s: prompts {prompts(page)}, "
+                           f"kernel {page.locator(KERNEL_STATUS).inner_text()!r}") from None
     if not red_boxes(page):
-        page.locator(IDLE).first.wait_for(timeout=timeout_ms)
+        wait_for_idle_kernel(page, timeout_ms)
 
 
 def red_boxes(scope) -> list[str]:
@@ -210,7 +223,11 @@ def red_boxes(scope) -> list[str]:
     return [boxes.nth(k).inner_text() for k in range(boxes.count())]
 
 
+def prompts(page) -> list[str]:
+    """Every code cell's prompt: "[3]:" (has run), "[*]:" (running or queued), "[ ]:" (not run)."""
+    return [p.strip() for p in page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+
+
 def unrun_cells(page) -> list[str]:
-    """The prompts of code cells that show no execution count ("[ ]:" or "[*]:")."""
-    prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").all_inner_texts()
-    return [p.strip() for p in prompts if not RUN_PROMPT.match(p.strip())]
+    """The prompts of code cells that show no execution count."""
+    return [p for p in prompts(page) if not RUN_PROMPT.match(p)]

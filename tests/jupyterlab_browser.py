@@ -97,7 +97,7 @@ def _write_config(folder: Path, python: str) -> dict:
     kernel = dirs["data"] / "kernels" / "python3"  # the name the notebooks ask for
     kernel.mkdir(parents=True, exist_ok=True)
     (kernel / "kernel.json").write_text(json.dumps({
-        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [python, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (tutorial-ldm)", "language": "python"}))
     for name, value in SETTINGS.items():
         path = dirs["settings"] / name

@@ -33,8 +33,10 @@ OFFLINE_SITE = Path(__file__).resolve().parent / "offline_site"
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's `chromium` package
 # Headless, as root in a container (no sandbox there), and nothing that calls home: no first-run
-# page, no background requests, component updates, sync or QUIC, and every host name but
-# localhost and 127.0.0.1 (where the page is) resolve to nothing.
+# page, no background requests, component updates, sync or QUIC, and no host name but localhost
+# resolves (the page is on 127.0.0.1). Seen with strace: the only other "connect" left is the
+# UDP socket Chromium points at a public IPv6 address to learn whether IPv6 routes, which sends
+# nothing.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
@@ -56,7 +58,8 @@ SETTINGS = {  # JupyterLab user settings
 
 # JupyterLab shows an error and anything written to stderr as this output (a red box)
 RED_BOX = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-RUN_PROMPT = re.compile(r"^\[\d+\]:$")  # a code cell that has run: "[3]:"
+PROMPT = ".jp-Notebook .jp-CodeCell .jp-InputPrompt"  # a code cell's "[3]:"
+RUN_PROMPT = re.compile(r"^\[\d+\]:$")  # a code cell that has run
 # The status bar's kernel item: "Python 3 (tutorial-ldm) | Idle" once the kernel is connected and
 # idle. (The toolbar's execution indicator says "idle" already before the kernel has started, and
 # a Run All clicked then runs nothing.)
@@ -64,7 +67,7 @@ KERNEL_STATUS = "#jp-main-statusbar .jp-StatusBar-TextItem[title^='Change kernel
 # True once every code cell shows an execution count ("[3]:"), or as soon as a red box shows:
 # Run All stops at an error, and the cells after it would never get their count.
 ALL_RUN_OR_RED = f"""() => {{
-    const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+    const prompts = [...document.querySelectorAll("{PROMPT}")];
     return document.querySelector("{RED_BOX}") !== null
         || (prompts.length > 0 && prompts.every(p => new RegExp({json.dumps(RUN_PROMPT.pattern)}).test(p.textContent.trim())));
 }}"""
@@ -117,16 +120,16 @@ def jupyterlab(folder: Path, *, python: str = sys.executable, root_dir: Path = N
     port, token = port or _free_port(), secrets.token_hex(16)
     env = {**os.environ, **_write_config(folder, python),
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(OFFLINE_SITE), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    log = folder / "lab.log"
-    with open(log, "w") as out:
+    info = Lab(port, token, folder / "lab.log")
+    with open(info.log, "w") as out:
         lab = subprocess.Popen(
             [python, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={port}",
              "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
              *(["--allow-root"] if os.geteuid() == 0 else [])],
             env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_until_up(lab, Lab(port, token, log), timeout)
-        yield Lab(port, token, log)
+        _wait_until_up(lab, info, timeout)
+        yield info
     finally:
         _stop(lab, folder / "runtime")
 
@@ -225,7 +228,7 @@ def red_boxes(scope) -> list[str]:
 
 def prompts(page) -> list[str]:
     """Every code cell's prompt: "[3]:" (has run), "[*]:" (running or queued), "[ ]:" (not run)."""
-    return [p.strip() for p in page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+    return [p.strip() for p in page.locator(PROMPT).all_inner_texts()]
 
 
 def unrun_cells(page) -> list[str]:

@@ -6,7 +6,7 @@ CPU — the figures of docs/teaching.md's lesson plan.
     python bench/chapter_times.py --student             # the student copies (solutions removed)
 
 Prints one line per chapter as it finishes (minutes, the slowest cell and its seconds, the
-1-minute load average before and after: on a shared machine the figure is only as good as the
+kernel's peak memory (resident set, sampled every 0.2 s), the 1-minute load average before and after: on a shared machine the figure is only as good as the
 load lets it be), then a Markdown table. A chapter that fails is reported with its error and the
 run goes on. The kernel sees this checkout first on its PYTHONPATH and draws with Agg, as
 tests/test_notebooks.py runs it.
@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import nbformat
+import psutil
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
@@ -50,18 +52,34 @@ def run(path: Path, *, student: bool, threads: int | None) -> dict:
     client.on_cell_executed = lambda cell, cell_index, execute_reply: cells.__setitem__(
         cell_index, time.perf_counter() - starts[cell_index])
     load_before, t0, error = os.getloadavg()[0], time.perf_counter(), None
+    peak, done = [0], threading.Event()
+
+    def sample():  # the kernel's resident memory, children included
+        while not done.wait(0.2):
+            process = getattr(km.provisioner, "process", None) if km.has_kernel else None
+            try:
+                tree = [psutil.Process(process.pid)] if process else []
+                tree += tree[0].children(recursive=True) if tree else []
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         client.execute(env=env)
     except Exception as e:  # reported, and the other chapters still run
         error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
     finally:
+        done.set()
+        sampler.join()
         if km.has_kernel:
             from jupyter_core.utils import run_sync
 
             run_sync(km.shutdown_kernel)(now=True)
     slowest = max(cells, key=cells.get) if cells else None
     return dict(chapter=path.stem, minutes=(time.perf_counter() - t0) / 60, slowest_cell=slowest,
-                slowest_s=cells.get(slowest, 0.0), load=(load_before, os.getloadavg()[0]), error=error)
+                slowest_s=cells.get(slowest, 0.0), peak_gb=peak[0] / 2**30, load=(load_before, os.getloadavg()[0]), error=error)
 
 
 def main() -> None:
@@ -82,13 +100,13 @@ def main() -> None:
         r = run(path, student=args.student, threads=args.threads)
         rows.append(r)
         print(f"{r['chapter']:<32} {r['minutes']:5.1f} min  slowest cell {r['slowest_cell']} "
-              f"({r['slowest_s']:.0f} s)  load {r['load'][0]:.1f} → {r['load'][1]:.1f}"
+              f"({r['slowest_s']:.0f} s)  peak {r['peak_gb']:.2f} GB  load {r['load'][0]:.1f} → {r['load'][1]:.1f}"
               + (f"  FAILED: {r['error']}" if r["error"] else ""), flush=True)
-    print("\n| chapter | minutes | slowest cell (s) | load before → after |\n|---|---:|---:|---|")
+    print("\n| chapter | minutes | slowest cell (s) | peak memory | load before → after |\n|---|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['chapter']} | {r['minutes']:.1f}{' (failed)' if r['error'] else ''} | {r['slowest_s']:.0f} | "
-              f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
-    print(f"| total | {sum(r['minutes'] for r in rows):.1f} | | |")
+              f"{r['peak_gb']:.2f} GB | {r['load'][0]:.1f} → {r['load'][1]:.1f} |")
+    print(f"| total | {sum(r['minutes'] for r in rows):.1f} | | | |")
 
 
 if __name__ == "__main__":

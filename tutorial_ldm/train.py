@@ -580,3 +580,64 @@ def train_live(vae, run_dir: str | Path, cfg: TrainConfig = LIVE_TRAIN,
     tokenizer, text_encoder, unet, log = train_denoiser(cfg, model_cfg, run_dir, latents,
                                                         stage="live")
     return build_pipeline(model_cfg, vae, text_encoder.eval(), tokenizer, unet.eval()), log
+
+
+# ----------------------------------------------------------------------------- another schedule
+
+# Stable Diffusion 1.x's schedule as its scheduler_config.json has it: scaled_linear betas *not*
+# rescaled (√ᾱ_T = 0.068) and "leading" spacing (sampling starts at t = 951 for 20 steps, never
+# T). Only the schedule differs from ours: the prediction type stays the tiny model's v.
+SD_SCHEDULE = dict(rescale_betas_zero_snr=False, timestep_spacing="leading")
+# A few CPU minutes of continued training: enough for the model to learn to read x_T.
+SCHEDULE_TRAIN = TrainConfig(n_latents=4000, unet_steps=600, unet_lr=3e-4, warmup=20,
+                             checkpoint_every=10**9)
+
+
+def train_on_schedule(pipe, run_dir: str | Path, schedule: dict | None = None,
+                      cfg: TrainConfig = SCHEDULE_TRAIN):
+    """Continue training `pipe`'s text encoder and UNet (in place) on another noise schedule —
+    by default SD 1.x's (`SD_SCHEDULE`: no zero terminal SNR, "leading" spacing) — with stage 2's
+    own batches, loss and loop (`denoiser_batch`, `unet.denoising_loss`, `_run_loop`), on
+    `cfg.n_latents` scenes encoded by `pipe.vae`. `schedule` holds the scheduler settings that
+    change; the pipeline's scheduler becomes a DDIM on the result. Returns (pipe, loss log).
+
+    The experiment of Lin et al. 2024 run backwards: a model that learned zero terminal SNR is
+    taught SD's schedule, to see what SD's schedule does to sampling (bench/zero_snr.py)."""
+    from diffusers import DDIMScheduler
+
+    check_config(cfg)
+    config = {**pipe.scheduler.config, **(SD_SCHEDULE if schedule is None else schedule)}
+    model_cfg = TinyLDMConfig(num_train_timesteps=config["num_train_timesteps"],
+                              prediction_type=config["prediction_type"])
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    means, stds, captions = encode_world(pipe.vae.eval(), cfg.n_latents, seed=cfg.seed + 1)
+    latents = {"means": means, "stds": stds, "captions": captions,
+               "scaling_factor": pipe.vae.config.scaling_factor}
+    alphas_cumprod = NoiseSchedule.from_config(config).alphas_cumprod
+    text_encoder, unet = pipe.text_encoder, pipe.unet
+    for p in [*text_encoder.parameters(), *unet.parameters()]:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW([*text_encoder.parameters(), *unet.parameters()],
+                                  lr=cfg.unet_lr, weight_decay=0.01)
+    lr = warmup_cosine(cfg.warmup, cfg.unet_steps)
+    all_ids = pipe.tokenizer(caption_table(cfg, model_cfg, latents), padding="max_length",
+                             max_length=pipe.tokenizer.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids
+
+    def loss_at_step(step):
+        z0, noise, t, caption = denoiser_batch(cfg, model_cfg, latents, step)
+        return denoising_loss(unet, z0, t, noise, text_encoder(all_ids[caption])[0],
+                              alphas_cumprod, config["prediction_type"]).mean()
+
+    recipe = {**asdict(cfg), "schedule": {k: config[k] for k in sorted(config) if not k.startswith("_")}}
+    log = _run_loop("schedule", run_dir, {"text_encoder": text_encoder, "unet": unet}, optimizer,
+                    lambda step: cfg.unet_lr * lr(step), cfg.unet_steps, cfg, loss_at_step,
+                    json.loads(json.dumps(recipe)))
+    for p in [*text_encoder.parameters(), *unet.parameters()]:
+        p.requires_grad_(False)
+    pipe.scheduler = DDIMScheduler.from_config(config)
+    return pipe, log

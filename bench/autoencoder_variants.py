@@ -33,6 +33,9 @@ VARIANTS = {
     "contrast": ({"contrast_weighting": True}, {}),
     "contrast+edge4": ({"contrast_weighting": True, "edge_weight": 4.0}, {}),
     "wide": ({}, {"vae_channels": (64, 64, 64)}),
+    "hard": ({"hard_fraction": 0.5}, {}),
+    "latent8": ({}, {"latent_channels": 8}),
+    "latent8+hard": ({"hard_fraction": 0.5}, {"latent_channels": 8}),
 }
 
 

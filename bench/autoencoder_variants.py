@@ -33,7 +33,7 @@ from tutorial_ldm.paths import REPO_ROOT, SHIPPED_MODEL
 from tutorial_ldm.tiny_model import TinyLDMConfig
 from tutorial_ldm.train import TrainConfig, train_autoencoder
 
-# name -> (changes to TrainConfig, changes to TinyLDMConfig)
+# name -> (changes to TrainConfig, changes to TinyLDMConfig); "encoder-" + name: decoder frozen
 VARIANTS = {
     "baseline": ({}, {}),
     "edge1": ({"edge_weight": 1.0}, {}),
@@ -44,6 +44,9 @@ VARIANTS = {
     "hard": ({"hard_fraction": 0.5}, {}),
     "latent8": ({}, {"latent_channels": 8}),
     "latent8+hard": ({"hard_fraction": 0.5}, {"latent_channels": 8}),
+    "hard1": ({"hard_fraction": 1.0}, {}),
+    "hard1+contrast+edge4": ({"hard_fraction": 1.0, "contrast_weighting": True,
+                              "edge_weight": 4.0}, {}),
 }
 
 
@@ -101,7 +104,7 @@ def save_misread(vae, name: str, out_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=[*VARIANTS, *(f"encoder-{v}" for v in VARIANTS)])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--finetune", action="store_true", help="start from assets/tiny-ldm/vae")
     parser.add_argument("--lr", type=float, default=TrainConfig.vae_lr)
@@ -121,12 +124,14 @@ def main() -> None:
     if args.misread:
         save_misread(shipped, "shipped", args.misread)
     for name in args.variants:
-        train_changes, model_changes = VARIANTS[name]
+        encoder_only = name.startswith("encoder-")
+        train_changes, model_changes = VARIANTS[name.removeprefix("encoder-")]
         cfg = TrainConfig(vae_steps=args.steps, vae_lr=args.lr, checkpoint_every=50, **train_changes)
         run_dir = args.run_dir / f"{name}-{args.steps}{'-finetune' if args.finetune else ''}"
         run_dir.mkdir(parents=True, exist_ok=True)
         vae, log = train_autoencoder(cfg, TinyLDMConfig(**model_changes), run_dir,
-                                     start_from=shipped if args.finetune else None)
+                                     start_from=shipped if args.finetune else None,
+                                     encoder_only=encoder_only)
         vae.eval()
         for seed in (2024, 7):
             scores, errors = round_trip_scores(vae, seed)

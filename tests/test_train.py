@@ -359,3 +359,12 @@ def test_hard_fraction_redraws_that_share_of_scenes_small_on_a_coloured_backgrou
     assert torch.equal(mixed[4:], plain[4:]) and not torch.equal(mixed[:4], plain[:4])
     with pytest.raises(ValueError, match="hard_fraction=1.5 must be a number from 0 to 1"):
         T.check_config(T.TrainConfig(hard_fraction=1.5))
+
+
+def test_encoder_only_training_leaves_the_decoder_as_it_was(tmp_path):
+    start = T.build_autoencoder(TOY_MODEL)
+    vae, _ = T.train_autoencoder(T.TrainConfig(**TOY), TOY_MODEL, tmp_path, start_from=start,
+                                 encoder_only=True)
+    before, after = start.state_dict(), vae.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("encoder.", "quant_conv.")) for k in changed), changed

@@ -360,14 +360,19 @@ def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
 
 
-def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None):
-    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`."""
+def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None,
+                      encoder_only: bool = False):
+    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`, with
+    `encoder_only` the decoder frozen (the encoder learns the latents the decoder draws best)."""
     device = default_device()
     torch.manual_seed(cfg.seed)
     vae = build_autoencoder(model_cfg).to(device)
     if start_from is not None:
         vae.load_state_dict(start_from.state_dict())
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    if encoder_only:
+        vae.decoder.requires_grad_(False)
+        vae.post_quant_conv.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=cfg.vae_lr)
     schedule = warmup_cosine(100, cfg.vae_steps)
     photos = photo_bank(device)
 

@@ -7,7 +7,7 @@ the shipped autoencoder's round trip, and optimises each one's latent z (Adam, s
 E(x), the same L1 + MSE as stage 1) through the frozen decoder: argmin_z |D(z) - x|. If D(z*)
 reads right where D(E(x)) does not, the decoder can draw the shape and the encoder's amortised
 guess is what loses it. Prints how many read right every 20 steps; --png saves rendered | round
-trip | fitted latent, one row per scene.
+trip | fitted latent, one row per scene. Also prints how much each latent channel carries.
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ def main() -> None:
     scenes = world.sample_scenes(500, seed=2024)
     x_all = torch.from_numpy(world.render_batch(scenes))
     with torch.no_grad():
-        round_trip = to_images(decode(vae, encode(vae, x_all)))
+        posterior = vae.encode(x_all).latent_dist
+        round_trip = to_images(decode(vae, posterior.mean))
+    print("per latent channel: std of the posterior mean "
+          + " ".join(f"{v:.2f}" for v in posterior.mean.std(dim=(0, 2, 3)).tolist())
+          + "; mean posterior σ " + " ".join(f"{v:.2f}" for v in posterior.std.mean(dim=(0, 2, 3)).tolist()))
     bad = [i for i, (s, im) in enumerate(zip(scenes, round_trip))
            if metrics.analyze(im).shape != s.shape]
     print(f"{len(bad)} of {len(scenes)} misread after the round trip")

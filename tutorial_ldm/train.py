@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,9 @@ class TrainConfig:
     # weigh each world image's reconstruction error by 1 / (shape-background colour distance),
     # so that low-contrast pairs (orange on red) are reconstructed as sharply as high-contrast ones
     contrast_weighting: bool = False
+    # share of the world scenes in each autoencoder batch redrawn as hard cases: small (16 px)
+    # shapes on a coloured or black background, the scenes whose round trip loses their shape
+    hard_fraction: float = 0.0
     # latents cached from the frozen autoencoder
     n_latents: int = 24_000
     # stage 2: text encoder + UNet
@@ -95,7 +98,7 @@ class TrainConfig:
 # configs belongs to the denoiser. These settings change how a run goes, not what it makes.
 NOT_RECIPE = ("checkpoint_every", "log_every", "threads")
 AUTOENCODER_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "photo_fraction",
-                      "edge_weight", "contrast_weighting", "vae_channels", "vae_layers_per_block", "latent_channels")
+                      "edge_weight", "contrast_weighting", "hard_fraction", "vae_channels", "vae_layers_per_block", "latent_channels")
 LATENT_FIELDS = ("n_latents",)
 
 # field -> (smallest allowed value, what is allowed): one home for the recipe's bounds
@@ -111,7 +114,7 @@ INTEGER_BOUNDS = {
     "log_every": (1, "an integer ≥ 1"),
     "threads": (0, "an integer ≥ 0 (0: every core)"),
 }
-FRACTIONS = ("photo_fraction", "caption_dropout")
+FRACTIONS = ("photo_fraction", "caption_dropout", "hard_fraction")
 POSITIVE = ("vae_lr", "unet_lr")
 
 
@@ -337,6 +340,13 @@ def contrast_weight(scene: world.Scene) -> float:
     return float(min(MAX_CONTRAST_WEIGHT, CONTRAST_REFERENCE / distance))
 
 
+def hard_scene(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
+    """`scene` made small, on a background drawn from the colours and black (never white, never
+    the shape's own colour): the low-contrast, sub-latent-cell detail an f = 4 autoencoder blurs."""
+    backgrounds = [b for b in world.BACKGROUNDS if b not in ("white", scene.colour)]
+    return replace(scene, size="small", background=str(rng.choice(backgrounds)))
+
+
 def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device, batch: int | None = None):
     """Step `step`'s `batch` images (default `cfg.vae_batch`; world scenes, then photo crops)
     and each one's loss weight."""
@@ -344,6 +354,9 @@ def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device, batch: 
     batch = batch or cfg.vae_batch
     n_photos = round(cfg.photo_fraction * batch)
     scenes = world.sample_scenes(batch - n_photos, int(rng.integers(2**31)))
+    if cfg.hard_fraction:
+        n_hard = round(cfg.hard_fraction * len(scenes))
+        scenes = [hard_scene(s, rng) for s in scenes[:n_hard]] + scenes[n_hard:]
     batch = [torch.from_numpy(world.render_batch(scenes)).to(device)]
     for _ in range(n_photos):
         img = photos[rng.integers(len(photos))]
@@ -375,15 +388,20 @@ class AutoencoderPass(torch.nn.Module):
         return recon, posterior.kl()  # KL summed over latent elements, one per image
 
 
-def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None):
-    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`."""
+def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None,
+                      encoder_only: bool = False):
+    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`, with
+    `encoder_only` the decoder frozen (the encoder learns the latents the decoder draws best)."""
     acc = accelerator()
     device = acc.device
     torch.manual_seed(cfg.seed)
     vae = build_autoencoder(model_cfg).to(device)
     if start_from is not None:
         vae.load_state_dict(start_from.state_dict())
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    if encoder_only:
+        vae.decoder.requires_grad_(False)
+        vae.post_quant_conv.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=cfg.vae_lr)
     autoencoder_pass, optimizer = acc.prepare(AutoencoderPass(vae), optimizer)
     schedule = warmup_cosine(100, cfg.vae_steps)
     photos = photo_bank(device)

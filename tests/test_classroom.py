@@ -173,16 +173,21 @@ def test_grading_gives_one_row_per_student_with_what_went_wrong(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_grading_keeps_a_chinese_submission_in_chinese_and_reports_a_broken_cell(tmp_path):
+def test_grading_keeps_a_chinese_submission_in_chinese_and_reports_broken_and_deleted_cells(tmp_path):
     subs = tmp_path / "submitted"
     path = _submission(subs, "lin", SLIP)
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell('from tutorial_ldm import set_language\nset_language("zh")'))
     nbformat.write(nb, path)
     _submission(subs, "max", "    return x0 +\n")  # a syntax error
+    deleted = _submission(subs, "nia", RIGHT)
+    nb = nbformat.read(deleted, as_version=4)
+    nb.cells = [c for c in nb.cells if "def my_q_sample" not in c.source]
+    nbformat.write(nb, deleted)
     rows = {r.student: r for r in classroom.grade(subs, tmp_path / "g.csv", timeout=60, progress=False)}
     assert rows["lin"].status == "failed" and "提示：系数是 √ᾱ_t 和 √(1-ᾱ_t)" in rows["lin"].message
     assert rows["max"].status == "error" and "SyntaxError" in rows["max"].message
+    assert rows["nia"].status == "missing" and "my_q_sample" in rows["nia"].message
 
 
 def test_grading_refuses_bad_input_in_one_line(tmp_path, capsys):

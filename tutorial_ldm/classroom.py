@@ -194,9 +194,9 @@ def grade_notebook(student: str, path: Path, chapter: list[Exercise], *, timeout
     """One row per exercise of `chapter` for one submitted notebook (see the module docstring)."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from jupyter_core.utils import run_sync
     from nbgrader.utils import determine_grade
 
     def row(exercise, points, status, message):
@@ -239,7 +239,7 @@ def grade_notebook(student: str, path: Path, chapter: list[Exercise], *, timeout
                                 timeout_func=lambda cell: max(1, int(deadline - time.monotonic())))
         finished = set()  # the cells whose reply came back; a cell cut off by the time limit is not one
         client.on_cell_executed = lambda cell, cell_index, execute_reply: finished.add(cell_index)
-        stopped = None
+        stopped = ("error", "the check cell did not run")
         try:
             # the kernel's own console chatter (its TCP notice) stays out of the teacher's terminal
             client.execute(env=_kernel_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

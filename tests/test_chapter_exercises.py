@@ -215,6 +215,8 @@ def chinese():
 
 @pytest.mark.parametrize("checker, student, words", [
     (E.check_q_sample, lambda x0, t, n, a: a[t].reshape(-1, *[1] * (x0.dim() - 1)) * x0, "用例"),
+    (E.check_kl_divergence, lambda m, lv: (m**2 + lv.exp() - 1 - lv).flatten(1).sum(1), "提示：别忘了"),
+    (E.check_timestep_embedding, embedding_with(lambda d: d // 2, "sin"), "提示：SD 的 UNet 把余弦放在前面"),
     (E.check_attention, lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1), -1) @ v, "提示：在 softmax 之前"),
     (E.check_ddim_step, lambda z, v, ab, abp: ab.sqrt() * z - (1 - ab).sqrt() * v, "提示：要返回下一级的潜变量"),
     (E.check_emphasize, lambda z, w: z * w[..., None], "提示：加权之后"),

@@ -151,36 +151,43 @@ def test_grading_gives_one_row_per_student_with_what_went_wrong(tmp_path):
     _submission(subs, "fay", RIGHT, shuffle=True)
     (subs / "gus").mkdir()
     (subs / "gus" / CH1.name).write_text("{ not a notebook")
+    (subs / "hal").mkdir()
+    (subs / "hal" / "notes.ipynb").write_text("{}")  # no chapter of the course: hal handed in nothing
     out = tmp_path / "grades.csv"
     done = subprocess.run([sys.executable, "-m", "tutorial_ldm", "classroom", "grade", str(subs), "--out", str(out),
-                           "--timeout", "60", "--notebooks", str(ROOT / "notebooks")],
+                           "--timeout", "40", "--jobs", "2", "--notebooks", str(ROOT / "notebooks")],
                           capture_output=True, text=True, env=kernel_env(), cwd=tmp_path, timeout=540)
     assert done.returncode == 0, done.stderr
     with open(out, newline="", encoding="utf-8") as f:
         rows = {r["student"]: r for r in csv.DictReader(f)}
-    assert sorted(rows) == ["ada", "ben", "cai", "dan", "eve", "fay", "gus"]
+    assert sorted(rows) == ["ada", "ben", "cai", "dan", "eve", "fay", "gus", "hal"]
     assert all(r["exercise"] == "ch1_q_sample" and r["max_points"] == "1.0" for r in rows.values())
     summary = {s: (r["points"], r["status"]) for s, r in rows.items()}
     assert summary == {"ada": ("1.0", "passed"), "ben": ("0.0", "failed"), "cai": ("0.0", "not attempted"),
                        "dan": ("0.0", "timed out"), "eve": ("0.0", "crashed"), "fay": ("1.0", "passed"),
-                       "gus": ("0.0", "error")}
+                       "gus": ("0.0", "error"), "hal": ("0.0", "missing")}
     assert "✅ q_sample" in rows["ada"]["message"]
     assert "Hint: the coefficients are √ᾱ_t and √(1-ᾱ_t)" in rows["ben"]["message"]
-    assert "60 s" in rows["dan"]["message"]
+    assert "40 s" in rows["dan"]["message"]
     assert "could not read" in rows["gus"]["message"]
 
 
 @pytest.mark.timeout(300)
-def test_grading_keeps_a_chinese_submission_in_chinese_and_reports_a_broken_cell(tmp_path):
+def test_grading_keeps_a_chinese_submission_in_chinese_and_reports_broken_and_deleted_cells(tmp_path):
     subs = tmp_path / "submitted"
     path = _submission(subs, "lin", SLIP)
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell('from tutorial_ldm import set_language\nset_language("zh")'))
     nbformat.write(nb, path)
     _submission(subs, "max", "    return x0 +\n")  # a syntax error
+    deleted = _submission(subs, "nia", RIGHT)
+    nb = nbformat.read(deleted, as_version=4)
+    nb.cells = [c for c in nb.cells if "def my_q_sample" not in c.source]
+    nbformat.write(nb, deleted)
     rows = {r.student: r for r in classroom.grade(subs, tmp_path / "g.csv", timeout=60, progress=False)}
     assert rows["lin"].status == "failed" and "提示：系数是 √ᾱ_t 和 √(1-ᾱ_t)" in rows["lin"].message
     assert rows["max"].status == "error" and "SyntaxError" in rows["max"].message
+    assert rows["nia"].status == "missing" and "my_q_sample" in rows["nia"].message
 
 
 def test_grading_refuses_bad_input_in_one_line(tmp_path, capsys):
@@ -198,6 +205,7 @@ def test_grading_refuses_bad_input_in_one_line(tmp_path, capsys):
         (["classroom", "grade", str(loose)], "folder named after the student"),
         (["classroom", "grade", str(loose), "--out", str(tmp_path / "g.xlsx")], ".csv"),
         (["classroom", "grade", str(loose), "--timeout", "0"], "timeout 0"),
+        (["classroom", "grade", str(loose), "--jobs", "0"], "jobs 0"),
         (["classroom", "mark", str(loose)], "invalid choice"),
     ]:
         assert cli(argv) == 2

@@ -59,7 +59,8 @@ def _classroom(args) -> int:
             for path in classroom.write_student_copies(args.folder, notebooks, overwrite=args.overwrite):
                 print(path)
             return 0
-        rows = classroom.grade(args.folder, args.out, notebook_dir=notebooks, timeout=timeout)
+        rows = classroom.grade(args.folder, args.out, notebook_dir=notebooks, timeout=timeout,
+                               jobs=args.jobs)
     except (ValueError, OSError) as e:  # bad input: one line, no traceback
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="grades.csv", help="grade: the CSV, one row per student and exercise")
     p.add_argument("--timeout", type=float, default=None,
                    help="grade: seconds one notebook may take (default 300); past it its rows say 'timed out'")
+    p.add_argument("--jobs", type=int, default=1, help="grade: notebooks graded at a time, each in its own kernel")
     p.add_argument("--notebooks", default=None, help="the teacher's notebooks (default: the course's notebooks/)")
     p.add_argument("--overwrite", action="store_true", help="student-copies: replace existing copies")
     p.error = lambda message: p.exit(2, f"error: {message}\n")

@@ -194,9 +194,9 @@ def grade_notebook(student: str, path: Path, chapter: list[Exercise], *, timeout
     """One row per exercise of `chapter` for one submitted notebook (see the module docstring)."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from jupyter_core.utils import run_sync
     from nbgrader.utils import determine_grade
 
     def row(exercise, points, status, message):
@@ -239,7 +239,7 @@ def grade_notebook(student: str, path: Path, chapter: list[Exercise], *, timeout
                                 timeout_func=lambda cell: max(1, int(deadline - time.monotonic())))
         finished = set()  # the cells whose reply came back; a cell cut off by the time limit is not one
         client.on_cell_executed = lambda cell, cell_index, execute_reply: finished.add(cell_index)
-        stopped = None
+        stopped = ("error", "the check cell did not run")
         try:
             # the kernel's own console chatter (its TCP notice) stays out of the teacher's terminal
             client.execute(env=_kernel_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -270,14 +270,20 @@ def grade_notebook(student: str, path: Path, chapter: list[Exercise], *, timeout
 
 
 def grade(folder: Path, out: Path, *, notebook_dir: Path = NOTEBOOK_DIR, timeout: float = TIMEOUT,
-          progress: bool = True) -> list[Row]:
+          jobs: int = 1, progress: bool = True) -> list[Row]:
     """Grade every notebook under `folder`/<student>/; write `out` (CSV, one row per student and
     exercise) and return the rows. A notebook is matched to its chapter by its exercises' nbgrader
-    ids, else by its file name (a Chinese copy of a chapter is graded like the English one)."""
+    ids, else by its file name (a Chinese copy of a chapter is graded like the English one). A
+    student who handed in no notebook of a chapter that others handed in gets `missing` rows for
+    it. `jobs` notebooks are graded at a time, each in its own kernel."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     if timeout <= 0:
         raise ValueError(f"timeout {timeout!r}: give the seconds one notebook may take, e.g. {TIMEOUT}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs {jobs!r}: give how many notebooks to grade at a time, 1 or more")
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise ValueError(f"--out {out}: grades are written as .csv")
@@ -285,11 +291,25 @@ def grade(folder: Path, out: Path, *, notebook_dir: Path = NOTEBOOK_DIR, timeout
     for exercise in exercises(notebook_dir):
         chapters.setdefault(exercise.notebook, []).append(exercise)
     by_id = {x.grade_id: name for name, chapter in chapters.items() for x in chapter}
-    rows = []
-    for student, path in tqdm(submissions(folder), desc="grading", unit="notebook", disable=not progress):
-        chapter = _chapter_of(path, chapters, by_id)
-        if chapter is not None:
-            rows += grade_notebook(student, path, chapters[chapter], timeout=timeout)
+    work = [(student, path, chapter) for student, path in submissions(folder)
+            if (chapter := _chapter_of(path, chapters, by_id)) is not None]
+    with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(work), desc="grading", unit="notebook",
+                                                disable=not progress) as bar:
+        def one(item):
+            student, path, chapter = item
+            try:
+                return grade_notebook(student, path, chapters[chapter], timeout=timeout)
+            finally:
+                bar.update()
+
+        graded = list(pool.map(one, work))
+    rows = [r for notebook_rows in graded for r in notebook_rows]
+    students = sorted({student for student, _ in submissions(folder)})
+    for chapter in sorted({c for _, _, c in work}):
+        for student in students:
+            if not any(s == student and c == chapter for s, _, c in work):
+                rows += [Row(student, chapter, x.grade_id, 0.0, x.points, "missing", "no notebook handed in")
+                         for x in chapters[chapter]]
     write_csv(rows, out)
     return rows
 

@@ -5,7 +5,11 @@ draw with a real CJK font (no boxes); the studio opens in the chapter's language
 import copy
 import io
 import json
+import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -19,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ENGLISH = chapters()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -113,7 +118,7 @@ def test_what_counts_as_translated(text, chinese):
     assert is_translated(text) is chinese
 
 
-def test_sync_on_the_repository_changes_nothing(tmp_path, monkeypatch):
+def test_sync_on_the_repository_changes_nothing():
     """The committed twins are what sync makes of the committed English chapters."""
     for path in ENGLISH:
         assert twin(read(path), read(twin_path(path)), "zh") == read(twin_path(path)), path.name
@@ -183,3 +188,44 @@ def test_the_studio_opens_in_the_chapters_language(english_language):
     app = studio(shipped_pipe())
     assert app.language == "zh" and app.generate_button.description == "生成"
     assert studio(shipped_pipe(), lang="en").language == "en"  # an explicit choice wins
+
+
+# --- JupyterLab in Chinese ------------------------------------------------------------------
+
+TRANSLATION_PLUGIN = "@jupyterlab/translation-extension:plugin"
+
+
+def _lab_locale(app_settings_dir: Path, user_settings_dir: Path) -> str:
+    """The locale JupyterLab's translation plugin starts with, read the way the server reads it."""
+    from jupyterlab_server.settings_utils import get_settings
+
+    schemas = Path(sys.prefix) / "share" / "jupyter" / "lab" / "schemas"
+    found, _ = get_settings(str(app_settings_dir), str(schemas), str(user_settings_dir),
+                            schema_name=TRANSLATION_PLUGIN)
+    return found["schema"]["properties"]["locale"]["default"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_make_lab_in_chinese_opens_notebooks_zh_with_jupyterlab_in_chinese(tmp_path):
+    settings = tmp_path / "settings-zh"
+    make = ["make", "LAB_LANG=zh", f"ZH_SETTINGS={settings}"]
+    plan = subprocess.run([*make, "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "TUTORIAL_LDM_LANG=zh" in plan and "--ServerApp.root_dir=notebooks/zh" in plan
+    assert f'--LabApp.app_settings_dir="{settings}"' in plan
+    english = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--ServerApp.root_dir=notebooks " in english and "TUTORIAL_LDM_LANG" not in english
+
+    assert _lab_locale(tmp_path / "none", tmp_path / "user") == "default"  # English, as JupyterLab ships
+    subprocess.run([*make, str(settings / "overrides.json")], cwd=ROOT, capture_output=True, check=True)
+    assert _lab_locale(settings, tmp_path / "user") == "zh_CN"
+
+    from jupyterlab_server.translation_utils import get_language_pack, get_language_packs
+
+    assert "zh_CN" in get_language_packs()[0], "pip install -e '.[zh]' (the language pack)"
+    assert get_language_pack("zh_CN")[0], "the zh_CN language pack has no translations"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_make_lab_refuses_a_language_it_does_not_have():
+    run = subprocess.run(["make", "-n", "lab", "LAB_LANG=fr"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and "LAB_LANG=fr is not available; allowed: en, zh" in run.stderr

@@ -3,103 +3,60 @@
 Starts JupyterLab (from the project's venv) on notebooks/, opens 00_start_here.ipynb in headless
 Chromium, runs the studio cell, switches the language if asked (the studio's English / 中文
 buttons), types a batch size, clicks Generate, waits for the result and saves a screenshot.
-JupyterLab's settings and workspace live in a temporary folder with autosave off, so the
-notebook in the repository is never written. It fails if the cell shows anything on stderr
-(JupyterLab's red boxes): the picture a visitor sees first must not show warnings.
+JupyterLab and the browser are set up as in the browser test (tests/jupyterlab_browser.py): its
+settings and workspace in a temporary folder with autosave off, so the notebook in the
+repository is never written. It fails if the cell shows anything on stderr (JupyterLab's red
+boxes): the picture a visitor sees first must not show warnings.
 
-Needs Debian's `chromium` and Playwright's Python package in a venv of its own, not the project's:
+Needs Debian's `chromium` (Playwright comes with the project's dev extra); fonts for the emoji
+and the Chinese labels:
 
-    apt-get install -y chromium fonts-noto-color-emoji fonts-wqy-microhei   # fonts: emoji, Chinese
-    python3 -m venv /tmp/shotvenv && /tmp/shotvenv/bin/pip install playwright==1.65.2
-    /tmp/shotvenv/bin/python bench/screenshot_studio.py --python .venv/bin/python --out docs/studio.png
+    apt-get install -y chromium fonts-noto-color-emoji fonts-wqy-microhei
+    .venv/bin/python bench/screenshot_studio.py --out docs/studio.png
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # not tutorial_ldm.paths: this runs in a venv without the package
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SETTINGS = {  # JupyterLab user settings: never save the notebook, no news pop-up
-    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
-}
-
-
-def start_lab(python: str, port: int, settings_dir: Path) -> subprocess.Popen:
-    for name, value in SETTINGS.items():
-        path = settings_dir / "settings" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(value))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "JUPYTERLAB_SETTINGS_DIR": str(settings_dir / "settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(settings_dir / "workspaces")}
-    lab = subprocess.Popen(
-        [python, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.token=",
-         "--ServerApp.password=", f"--notebook-dir={ROOT / 'notebooks'}",
-         *(["--allow-root"] if os.geteuid() == 0 else [])],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(settings_dir / "lab.log", "w"),
-    )
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"http://localhost:{port}/api/status", timeout=2)
-            return lab
-        except OSError:
-            if lab.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited; see {settings_dir / 'lab.log'}")
-            time.sleep(1)
-    lab.terminate()
-    raise TimeoutError("JupyterLab did not start within 2 minutes")
-
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from jupyterlab_browser import VIEWPORT, chromium, jupyterlab, open_notebook, red_boxes, wait_for_idle_kernel  # noqa: E402
 
 GENERATE = {"en": "Generate", "zh": "生成"}
 LANGUAGE_BUTTON = {"en": "English", "zh": "中文"}
 BATCH_SIZE = {"en": "Batch size", "zh": "每批数量"}
 
 
-def screenshot(port: int, out: Path, timeout_ms: int, lang: str, batch_size: int) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def screenshot(lab, out: Path, timeout_ms: int, lang: str, batch_size: int) -> None:
+    with chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(timeout_ms)
-        page.goto(f"http://localhost:{port}/lab/tree/00_start_here.ipynb")
-        page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
+        open_notebook(page, lab, "00_start_here.ipynb")
 
         studio_cell = page.locator(".jp-CodeCell", has_text="app = studio(")
         studio_cell.scroll_into_view_if_needed()
         studio_cell.locator(".jp-InputPrompt").click()  # select the cell (command mode)
         page.keyboard.press("Control+Enter")  # run it, stay on it
         studio_cell.locator(".jupyter-widgets button", has_text=GENERATE["en"]).wait_for()
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
+        wait_for_idle_kernel(page)
         if lang != "en":  # the studio's own language switch
             studio_cell.locator(".widget-toggle-buttons button", has_text=LANGUAGE_BUTTON[lang]).click()
         generate = studio_cell.locator(".jupyter-widgets button", has_text=GENERATE[lang])
         generate.wait_for()
         batch = studio_cell.locator(".widget-text", has_text=BATCH_SIZE[lang]).locator("input")
         batch.fill(str(batch_size))
-        batch.press("Tab")
-        page.wait_for_timeout(300)  # the typed value reaches the kernel
+        batch.press("Tab")  # the box sends its value when it loses focus, before the click below
         generate.click()
         studio_cell.locator(".widget-html", has_text="✅").wait_for()
         studio_cell.locator(".jp-OutputArea").scroll_into_view_if_needed()
         page.wait_for_timeout(500)  # let the last image paint
         page.screenshot(path=str(out))
         status = studio_cell.locator(".widget-html", has_text="✅").inner_text()
-        stderr = studio_cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        red = [stderr.nth(k).inner_text() for k in range(stderr.count())]
-        browser.close()
+        red = red_boxes(studio_cell)
     if red:
         raise RuntimeError("the studio cell shows stderr output (red boxes in the screenshot):\n" + "\n".join(red))
     print(f"studio status: {status}")
@@ -110,18 +67,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=sys.executable, help="the project venv's python (runs JupyterLab)")
     parser.add_argument("--out", default="/work/studio-screenshot.png", help="PNG to write")
-    parser.add_argument("--port", type=int, default=8891)
+    parser.add_argument("--port", type=int, default=None, help="JupyterLab's port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds for each wait")
     parser.add_argument("--lang", choices=sorted(GENERATE), default="en", help="the studio's language")
     parser.add_argument("--batch-size", type=int, default=4, help="images in the screenshot's run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="studio-shot-") as tmp:
-        lab = start_lab(args.python, args.port, Path(tmp))
-        try:
-            screenshot(args.port, Path(args.out), int(args.timeout * 1000), args.lang, args.batch_size)
-        finally:
-            lab.terminate()
-            lab.wait(30)
+        with jupyterlab(Path(tmp), python=args.python, port=args.port) as lab:
+            screenshot(lab, Path(args.out), int(args.timeout * 1000), args.lang, args.batch_size)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m tutorial_ldm train …`, `… generate …` and `… finetune …`."""
+"""Command line: `python -m tutorial_ldm train …`, `… generate …`, `… finetune …` and `… classroom …`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,26 @@ def _finetune(args) -> int:
     except (ValueError, TypeError, OSError) as e:  # bad input: one line, no traceback
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _classroom(args) -> int:
+    from . import classroom
+
+    notebooks = args.notebooks or classroom.NOTEBOOK_DIR
+    timeout = classroom.TIMEOUT if args.timeout is None else args.timeout
+    try:
+        if args.action == "student-copies":
+            for path in classroom.write_student_copies(args.folder, notebooks, overwrite=args.overwrite):
+                print(path)
+            return 0
+        rows = classroom.grade(args.folder, args.out, notebook_dir=notebooks, timeout=timeout)
+    except (ValueError, OSError) as e:  # bad input: one line, no traceback
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    for r in rows:
+        print(f"{r.student:<16} {r.exercise:<26} {r.points:g}/{r.max_points:g}  {r.status:<13} {r.message[:80]}")
+    print(f"{len(rows)} rows → {args.out}")
     return 0
 
 
@@ -130,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: every core)")
     p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("classroom", help="student copies without solutions, and grading (tutorial_ldm.classroom)")
+    p.add_argument("action", choices=["student-copies", "grade"],
+                   help="student-copies FOLDER: every chapter without solutions into FOLDER; "
+                        "grade FOLDER: grade FOLDER/<student>/*.ipynb into --out")
+    p.add_argument("folder", help="where the copies go (student-copies) or the submissions are (grade)")
+    p.add_argument("--out", default="grades.csv", help="grade: the CSV, one row per student and exercise")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="grade: seconds one notebook may take (default 300); past it its rows say 'timed out'")
+    p.add_argument("--notebooks", default=None, help="the teacher's notebooks (default: the course's notebooks/)")
+    p.add_argument("--overwrite", action="store_true", help="student-copies: replace existing copies")
+    p.error = lambda message: p.exit(2, f"error: {message}\n")
+    p.set_defaults(func=_classroom)
 
     # None: the model's own default (tutorial_ldm.settings.defaults_for), as generate() and the studio
     p = sub.add_parser("generate", help="text to image with the shipped model or your checkpoint")

@@ -121,7 +121,8 @@ def test_what_counts_as_translated(text, chinese):
 def test_sync_on_the_repository_changes_nothing():
     """The committed twins are what sync makes of the committed English chapters."""
     for path in ENGLISH:
-        assert twin(read(path), read(twin_path(path)), "zh") == read(twin_path(path)), path.name
+        if twin_path(path).is_file():  # a missing twin is test_every_english_chapter_has_a_chinese_twin's
+            assert twin(read(path), read(twin_path(path)), "zh") == read(twin_path(path)), path.name
 
 
 def test_the_command_line_reports_and_exits(tmp_path, monkeypatch, capsys):

@@ -128,3 +128,7 @@ def test_report_speaks_the_course_language(monkeypatch):
     chinese = ft.report(result)
     assert "40 步" in chinese and "12,345 个参数" in chinese and "损失 +5.0 个百分点" in chinese
     assert english.count("\n") == chinese.count("\n") == 2
+    shared = {**result, "processes": 2, "batch": 4}
+    assert "40 步（2 个进程 × 批次 4）" in ft.report(shared)
+    monkeypatch.setattr(language, "_current", "en")
+    assert "40 steps on 2 processes × batch 4" in ft.report(shared)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -341,3 +342,29 @@ def test_contrast_weighting_favours_low_contrast_scenes_and_is_off_by_default():
     _, weighted = T.autoencoder_batch(T.TrainConfig(**eight, contrast_weighting=True), 0, photos,
                                       "cpu")
     assert weighted[-1] == 1.0 and not torch.equal(weighted, plain)  # photos keep weight 1
+
+
+def test_hard_fraction_redraws_that_share_of_scenes_small_on_a_coloured_background():
+    photos = [torch.zeros(3, 96, 96)]
+    eight = {**TOY, "vae_batch": 8}  # 7 scenes and 1 photo crop
+    plain, _ = T.autoencoder_batch(T.TrainConfig(**eight), 0, photos, "cpu")
+    again, _ = T.autoencoder_batch(T.TrainConfig(**eight, hard_fraction=0.0), 0, photos, "cpu")
+    assert torch.equal(plain, again)  # off by default: the first edition's batches
+    rng = np.random.default_rng(0)
+    for scene in T.world.sample_scenes(50, seed=1):
+        hard = T.hard_scene(scene, rng)
+        assert hard.size == "small" and hard.background not in ("white", hard.colour)
+        assert (hard.shape, hard.colour, hard.position) == (scene.shape, scene.colour, scene.position)
+    mixed, _ = T.autoencoder_batch(T.TrainConfig(**eight, hard_fraction=0.5), 0, photos, "cpu")
+    assert torch.equal(mixed[4:], plain[4:]) and not torch.equal(mixed[:4], plain[:4])
+    with pytest.raises(ValueError, match="hard_fraction=1.5 must be a number from 0 to 1"):
+        T.check_config(T.TrainConfig(hard_fraction=1.5))
+
+
+def test_encoder_only_training_leaves_the_decoder_as_it_was(tmp_path):
+    start = T.build_autoencoder(TOY_MODEL)
+    vae, _ = T.train_autoencoder(T.TrainConfig(**TOY), TOY_MODEL, tmp_path, start_from=start,
+                                 encoder_only=True)
+    before, after = start.state_dict(), vae.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("encoder.", "quant_conv.")) for k in changed), changed

@@ -38,9 +38,11 @@ def _finetune(args) -> int:
         _quiet_libraries()
         result = None  # the shipped model's "before" figures are measured once
         for method in METHODS if args.method == "all" else [args.method]:
-            result = run(method, args.out, steps=args.steps, variants=args.variants, original=args.original,
-                         eval_steps=args.eval_steps, threads=args.threads, seed=args.seed, before=result)
-            print(report(result))
+            result = run(method, args.out, variants=args.variants, original=args.original,
+                         eval_steps=args.eval_steps, before=result, steps=args.steps, batch=args.batch,
+                         n_concept=args.n_concept, n_prior=args.n_prior, threads=args.threads, seed=args.seed)
+            if result is not None:  # None: another process than the main one of accelerate launch
+                print(report(result))
     except (ValueError, TypeError, OSError) as e:  # bad input: one line, no traceback
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -144,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="lora", choices=["textual_inversion", "lora", "full", "all"])
     p.add_argument("--out", default="runs/finetune", help="the files go to OUT/Lora, OUT/embeddings, OUT")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 500)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="samples per step (default 32; per process under accelerate launch)")
+    p.add_argument("--n-concept", type=int, default=None, help="rendered scenes of the new colour (default 400)")
+    p.add_argument("--n-prior", type=int, default=None,
+                   help="scenes of the old colours mixed in half and half (default 400)")
     p.add_argument("--variants", type=int, default=2, help="held-out prompts: 5 × variants")
     p.add_argument("--original", type=int, default=90, help="original prompts measured (of 90)")
     p.add_argument("--eval-steps", type=int, default=20, help="sampling steps when measuring")

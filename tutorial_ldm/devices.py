@@ -1,4 +1,5 @@
-"""Where the models run, and with how many CPU threads (one home).
+"""Where the models run, and with how many CPU threads (one home); how training runs on several
+processes (`accelerator`).
 
 Thread count on the CPU: torch starts one thread per core, which pays off for a large model
 on an idle machine and not at all for a small one: the tiny model's 64×64 image is never faster
@@ -28,6 +29,25 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def accelerator():
+    """The `accelerate.Accelerator` a training run goes through (the field's engine for several GPUs
+    and machines). Under `python -m tutorial_ldm …` it is one process on `default_device()`; under
+    `accelerate launch …` (or torchrun) it is each of the processes started, one per GPU, and
+    `accelerator.backward` averages their gradients. On a machine without a GPU its processes
+    talk over gloo on the CPU (`cpu=True`: accelerate's own way to ask for that)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=default_device().type == "cpu")
+
+
+def is_main_process() -> bool:
+    """False only in the other processes of a run under `accelerate launch`: what prints or
+    writes files asks this, so that it happens once."""
+    from accelerate.state import PartialState, is_initialized
+
+    return not is_initialized() or PartialState().is_main_process
 
 
 def usable_cores() -> int:

@@ -15,6 +15,10 @@ The objective is the one the model was trained with (paper Eq. 3, v-prediction):
 predicts v = α_t ε − σ_t z_0 from z_t = α_t z_0 + σ_t ε. Half of each batch is scenes of the old
 colours (DreamBooth's prior preservation, Ruiz et al. 2023), so the model does not forget them.
 
+Under `accelerate launch` each process draws the whole batch of a step (the same random stream)
+and trains on its share; accelerate averages the gradients, so n processes with `batch` b each
+take the steps that one process takes with n·b. The main process measures, prints and saves.
+
 Notation: W frozen weight, A (lora_down) r × in, B (lora_up) out × r, r rank, α alpha,
 m the multiplier of `<lora:name:m>`; v* the learned embedding.
 """
@@ -34,8 +38,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import world
+from .devices import accelerator
 from .language import say
 from .noise_schedule import NoiseSchedule
+from .train import write_atomic
 from .unet import denoising_loss
 
 NEW_COLOUR = "pink"
@@ -49,7 +55,7 @@ class FinetuneConfig:
 
     method: str = "lora"
     steps: int = 500
-    batch: int = 32
+    batch: int = 32  # per process under accelerate launch
     lr: float | None = None  # None: the method's (LEARNING_RATES)
     rank: int = 4  # LoRA r
     alpha: float = 4.0  # LoRA α; the update is scaled by α/r
@@ -116,20 +122,29 @@ def concept_prompts(colour: str = NEW_COLOUR, variants: int = 2, seed: int = 0) 
 
 @torch.no_grad()
 def encode_scenes(vae, scenes: list[world.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and stds of the scenes under the frozen autoencoder."""
-    x = torch.from_numpy(world.render_batch(scenes))
+    """Posterior means and stds of the scenes under the frozen autoencoder (on the CPU)."""
+    x = torch.from_numpy(world.render_batch(scenes)).to(vae.device)
     posterior = vae.encode(x).latent_dist
-    return posterior.mean, posterior.std
+    return posterior.mean.cpu(), posterior.std.cpu()
 
 
 # -- the objective ---------------------------------------------------------------------------------
 
-def v_loss(unet, schedule, z0: torch.Tensor, context: torch.Tensor, generator) -> torch.Tensor:
-    """Eq. 3 of the paper in v-prediction form, ‖v_θ(z_t, t, c) − (α_t ε − σ_t z_0)‖², for one draw
-    of (ε, t) per latent: chapter 3's `unet.denoising_loss` (which training runs) on `schedule`'s
-    ᾱ (a `noise_schedule.NoiseSchedule`, or anything with `alphas_cumprod`), averaged."""
+def draw_noise(schedule, z0: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw of (ε, t) per latent: Gaussian noise like z0, a timestep of `schedule`."""
     noise = torch.randn(z0.shape, generator=generator)
     t = torch.randint(0, len(schedule.alphas_cumprod), (len(z0),), generator=generator)
+    return noise, t
+
+
+def v_loss(unet, schedule, z0: torch.Tensor, context: torch.Tensor, generator=None, *,
+           noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3 of the paper in v-prediction form, ‖v_θ(z_t, t, c) − (α_t ε − σ_t z_0)‖², for one draw
+    of (ε, t) per latent (from `generator`, or given): chapter 3's `unet.denoising_loss` (which
+    training runs) on `schedule`'s ᾱ (a `noise_schedule.NoiseSchedule`, or anything with
+    `alphas_cumprod`), averaged."""
+    if noise is None:
+        noise, t = draw_noise(schedule, z0, generator)
     return denoising_loss(unet, z0, t, noise, context, schedule.alphas_cumprod, "v_prediction").mean()
 
 
@@ -164,10 +179,14 @@ def lora_formula(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float
 
 def finetune(pipe, cfg: FinetuneConfig) -> dict:
     """Fine-tune `pipe` (in place) on the new colour with `cfg.method`; returns the log:
-    losses, seconds, trainable parameter count. Only the method's parameters receive gradients."""
+    losses, seconds, trainable parameter count, processes. Only the method's parameters receive
+    gradients. Trains on the accelerator's device (`devices.accelerator`: the CPU, a GPU, or one
+    GPU per process under `accelerate launch`), where `pipe` is left."""
     check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    acc = accelerator()
+    pipe.to(acc.device)
     torch.manual_seed(cfg.seed)
     vae, unet, encoder = pipe.vae.eval(), pipe.unet, pipe.text_encoder
     for p in [*vae.parameters(), *unet.parameters(), *encoder.parameters()]:
@@ -192,35 +211,50 @@ def finetune(pipe, cfg: FinetuneConfig) -> dict:
     ids, empty = ids[:-1], ids[-1]
     is_concept = torch.arange(len(scenes)) < cfg.n_concept
     schedule = NoiseSchedule.from_config(pipe.scheduler.config)  # the pipeline's ᾱ, as train.py
+    schedule.alphas_cumprod = schedule.alphas_cumprod.to(acc.device)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr or LEARNING_RATES[cfg.method],
                                   weight_decay=0.0 if cfg.method == "textual_inversion" else 1e-2)
+    # the model that trains goes through accelerate (gradients averaged between processes);
+    # `pipe` keeps the bare modules, which is what is saved
+    if cfg.method == "textual_inversion":
+        encoder, optimizer = acc.prepare(encoder, optimizer)
+    else:
+        unet, optimizer = acc.prepare(unet, optimizer)
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    batch = cfg.batch * acc.num_processes  # every process draws all of it, and trains on its share
     unet.train()
     losses, start = [], time.process_time()
-    for _ in tqdm(range(cfg.steps), desc=f"fine-tuning ({cfg.method})", unit="step"):
-        half = cfg.batch // 2 if cfg.n_prior else cfg.batch  # half new colour, half old ones
+    for _ in tqdm(range(cfg.steps), desc=f"fine-tuning ({cfg.method})", unit="step",
+                  disable=not acc.is_local_main_process):
+        half = batch // 2 if cfg.n_prior else batch  # half new colour, half old ones
         pick = np.concatenate([rng.choice(np.flatnonzero(is_concept), half),
-                               rng.choice(np.flatnonzero(~is_concept), cfg.batch - half) if cfg.n_prior
+                               rng.choice(np.flatnonzero(~is_concept), batch - half) if cfg.n_prior
                                else np.zeros(0, int)])
         idx = torch.from_numpy(pick)
         batch_ids = ids[idx].clone()
         batch_ids[torch.from_numpy(rng.random(len(idx)) < cfg.caption_dropout)] = empty
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
-        loss = v_loss(unet, schedule, z0, encoder(batch_ids)[0], gen)
+        noise, t = draw_noise(schedule, z0, gen)
+        draw = {"z0": z0, "noise": noise, "t": t, "ids": batch_ids}
+        with acc.split_between_processes(draw) as mine:
+            mine = {k: v.to(acc.device) for k, v in mine.items()}
+            loss = v_loss(unet, schedule, mine["z0"], encoder(mine["ids"])[0],
+                          noise=mine["noise"], t=mine["t"])
         optimizer.zero_grad()
-        loss.backward()
+        acc.backward(loss)
         if cfg.method == "textual_inversion":  # only v*: the other rows keep their values
-            keep = torch.ones(len(table), dtype=torch.bool)
+            keep = torch.ones(len(table), dtype=torch.bool, device=table.device)
             keep[token] = False
             table.grad[keep] = 0
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(acc.reduce(loss.detach(), "mean").item())  # the whole batch's loss
     unet.eval()
     for p in params:
         p.requires_grad_(False)
     trainable = (table.shape[-1] if cfg.method == "textual_inversion" else sum(p.numel() for p in params))
     return {"method": cfg.method, "losses": losses, "cpu_seconds": time.process_time() - start,
-            "trainable": trainable, "steps": cfg.steps}
+            "trainable": trainable, "steps": cfg.steps, "batch": cfg.batch,
+            "processes": acc.num_processes}
 
 
 # -- files --------------------------------------------------------------------------------------------
@@ -230,17 +264,20 @@ def save_embedding(pipe, path: str | os.PathLike, word: str = NEW_COLOUR, step: 
     the file name is the trigger."""
     path = Path(path)
     vector = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids(word)]
-    vector = vector.detach().clone()[None]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    vector = vector.detach().cpu().clone()[None]
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file({"emb_params": vector}, path)
+        def write(tmp):
+            save_file({"emb_params": vector}, tmp)
     elif path.suffix == ".pt":
-        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vector}, "name": path.stem,
-                    "step": step}, path)
+        def write(tmp):
+            torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vector}, "name": path.stem,
+                        "step": step}, tmp)
     else:
         raise ValueError(f"{path}: an embedding is saved as .pt or .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, write)
     return path
 
 
@@ -265,7 +302,8 @@ def save_lora(unet, path: str | os.PathLike, alpha: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = kohya_state_dict(unet, alpha)
     rank = next(v for k, v in state.items() if k.endswith(".lora_down.weight")).shape[0]
-    save_file(state, path, metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
+    write_atomic(path, lambda tmp: save_file(
+        state, tmp, metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)}))
     return path
 
 
@@ -275,7 +313,7 @@ def save_unet(unet, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, path)
+    write_atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp))
     return path
 
 
@@ -316,27 +354,32 @@ def chance() -> float:
     return 1 / (len(world.COLOURS) + len(world.UNSEEN_COLOURS))
 
 
-def run(method: str, out_dir: str | os.PathLike, *, steps: int | None = None, variants: int = 2,
-        original: int = 90, eval_steps: int = 20, threads: int = 0, seed: int = 0,
-        before: dict | None = None) -> dict:
+def run(method: str, out_dir: str | os.PathLike, *, variants: int = 2, original: int = 90,
+        eval_steps: int = 20, before: dict | None = None, **settings) -> dict | None:
     """Fine-tune a fresh copy of the shipped model with `method`, save its file in `out_dir`
     (Lora/pink.safetensors, embeddings/pink.pt, or unet-pink.safetensors) and measure it: the
     new colour on its held-out prompts (5 × variants) before and after, and `original` of the
     90 original benchmark prompts before and after. `before`: a previous run's result, whose
-    "before" figures are reused (the same shipped model, the same prompts)."""
+    "before" figures are reused (the same shipped model, the same prompts). `settings`:
+    `FinetuneConfig` fields (steps, batch, seed, threads, n_concept, …); None keeps the default.
+    Under `accelerate launch` every process trains (`batch` is per process); the main one
+    measures, saves and returns the result, the others None."""
     from .loading import load_pipeline
 
     out_dir = Path(out_dir)
-    cfg = FinetuneConfig(method=method, seed=seed, threads=threads,
-                         steps=steps if steps is not None else FinetuneConfig.steps)
+    cfg = FinetuneConfig(method=method, **{k: v for k, v in settings.items() if v is not None})
     check_config(cfg)
-    pipe = load_pipeline(device="cpu")
+    acc = accelerator()
+    pipe = load_pipeline(device=str(acc.device), dtype="float32")
     new, old = concept_prompts(variants=variants), original_prompts(original)
-    if before is None:
+    if before is None and acc.is_main_process:
         before = {"before_new": measure(pipe, new, steps=eval_steps),
                   "before_old": measure(pipe, old, steps=eval_steps)}
-    result = {"before_new": before["before_new"], "before_old": before["before_old"], "chance": chance()}
     log = finetune(pipe, cfg)
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    result = {"before_new": before["before_new"], "before_old": before["before_old"], "chance": chance()}
     if method == "textual_inversion":
         path = save_embedding(pipe, out_dir / "embeddings" / f"{NEW_COLOUR}.pt", step=cfg.steps)
     elif method == "lora":
@@ -361,13 +404,16 @@ def original_prompts(n: int = 90) -> list[str]:
 def report(result: dict) -> str:
     """A run's figures in a few lines (what bench/finetune.py and the CLI print), in the course's language."""
     b, a, o0, o = result["before_new"], result["after_new"], result["before_old"], result["after_old"]
+    processes = result.get("processes", 1)
     fields = dict(method=result["method"], steps=result["steps"], minutes=result["cpu_seconds"] / 60,
                   trainable=result["trainable"], file=result["file"], kib=result["file_bytes"] / 1024,
-                  a=a, b=b, chance=result["chance"], o=o, o0=o0, lost=100 * (o0["all3"] - o["all3"]))
+                  a=a, b=b, chance=result["chance"], o=o, o0=o0, lost=100 * (o0["all3"] - o["all3"]),
+                  processes=processes, batch=result.get("batch"))
+    shared = say(" on {processes} processes × batch {batch}", "（{processes} 个进程 × 批次 {batch}）", **fields) if processes > 1 else ""
     return "\n".join([
-        say("{method}: {steps} steps, {minutes:.1f} CPU min, {trainable:,} trained parameters, file {file} ({kib:.1f} KiB)",
-            "{method}：{steps} 步，CPU {minutes:.1f} 分钟，训练了 {trainable:,} 个参数，文件 {file}（{kib:.1f} KiB）",
-            **fields),
+        say("{method}: {steps} steps{shared}, {minutes:.1f} CPU min, {trainable:,} trained parameters, file {file} ({kib:.1f} KiB)",
+            "{method}：{steps} 步{shared}，CPU {minutes:.1f} 分钟，训练了 {trainable:,} 个参数，文件 {file}（{kib:.1f} KiB）",
+            shared=shared, **fields),
         say("  new colour on held-out prompts: {a[colour]:.0%} (before {b[colour]:.0%}, chance {chance:.0%}); "
             "colour+shape+position {a[all3]:.0%} (before {b[all3]:.0%})",
             "  留出提示词上的新颜色：{a[colour]:.0%}（之前 {b[colour]:.0%}，随机水平 {chance:.0%}）；"

@@ -19,6 +19,11 @@ Rerunning resumes from them; an artefact that is damaged, or was made with anoth
 reported in one line and rebuilt, with everything downstream of it. Every batch is a pure function
 of (seed, stage, step), so a run resumed from its last checkpoint continues exactly as if it had
 never stopped. Checkpoints are safetensors files.
+
+Several processes (`accelerate launch`, one per GPU or machine): every process draws the whole
+batch of a step, as above, and trains on its share of it (`split_between_processes`); accelerate
+averages the gradients, so n processes with batch b each take the steps one process takes with
+batch n·b. Only the main process prints, and writes files (after `wait_for_everyone`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import world
-from .devices import default_device
+from .devices import accelerator, default_device, is_main_process
 from .noise_schedule import NoiseSchedule
 from .tiny_model import (
     TinyLDMConfig,
@@ -73,6 +78,9 @@ class TrainConfig:
     # weigh each world image's reconstruction error by 1 / (shape-background colour distance),
     # so that low-contrast pairs (orange on red) are reconstructed as sharply as high-contrast ones
     contrast_weighting: bool = False
+    # share of the world scenes in each autoencoder batch redrawn as hard cases: small (16 px)
+    # shapes on a coloured or black background, the scenes whose round trip loses their shape
+    hard_fraction: float = 0.0
     # latents cached from the frozen autoencoder
     n_latents: int = 24_000
     # stage 2: text encoder + UNet
@@ -90,7 +98,7 @@ class TrainConfig:
 # configs belongs to the denoiser. These settings change how a run goes, not what it makes.
 NOT_RECIPE = ("checkpoint_every", "log_every", "threads")
 AUTOENCODER_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "photo_fraction",
-                      "edge_weight", "contrast_weighting", "vae_channels", "vae_layers_per_block", "latent_channels")
+                      "edge_weight", "contrast_weighting", "hard_fraction", "vae_channels", "vae_layers_per_block", "latent_channels")
 LATENT_FIELDS = ("n_latents",)
 
 # field -> (smallest allowed value, what is allowed): one home for the recipe's bounds
@@ -106,7 +114,7 @@ INTEGER_BOUNDS = {
     "log_every": (1, "an integer ≥ 1"),
     "threads": (0, "an integer ≥ 0 (0: every core)"),
 }
-FRACTIONS = ("photo_fraction", "caption_dropout")
+FRACTIONS = ("photo_fraction", "caption_dropout", "hard_fraction")
 POSITIVE = ("vae_lr", "unet_lr")
 
 
@@ -154,8 +162,9 @@ def recipe_changes(old: dict | None, new: dict) -> str:
 
 
 def _note(message: str) -> None:
-    """One line about the run folder, between the progress bars."""
-    tqdm.write(message, file=sys.stderr)
+    """One line about the run folder, between the progress bars (from the main process)."""
+    if is_main_process():
+        tqdm.write(message, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- files
@@ -270,27 +279,32 @@ def _one_line(error: Exception) -> str:
 
 
 def _run_loop(stage: str, run_dir: Path, modules: dict, optimizer, lr_at_step, steps: int,
-              cfg: TrainConfig, loss_at_step, recipe: dict) -> list:
-    """The shared training loop: resume, step, log, checkpoint. Returns the loss log."""
+              cfg: TrainConfig, loss_at_step, recipe: dict, acc) -> list:
+    """The shared training loop: resume, step, log, checkpoint. Returns the loss log.
+    `modules` are the bare models a checkpoint holds, `optimizer` the one `acc` prepared."""
     ckpt = run_dir / f"{stage}_state.safetensors"
     start, log = _resume(ckpt, stage, modules, optimizer, recipe)
     for m in modules.values():
         m.train()
-    bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=stage, initial=start, total=steps,
+               disable=not acc.is_local_main_process)
     running = None
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at_step(step)
         loss = loss_at_step(step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        acc.backward(loss)
         optimizer.step()
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        loss = acc.reduce(loss.detach(), "mean").item()  # the whole batch's: every share's mean
+        running = loss if running is None else 0.95 * running + 0.05 * loss
         if step % cfg.log_every == 0:
-            log.append([step, loss.item()])
+            log.append([step, loss])
             bar.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
-            save_state(ckpt, step + 1, modules, optimizer, log, recipe)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_state(ckpt, step + 1, modules, optimizer, log, recipe)
     for m in modules.values():
         m.eval()
     return log
@@ -326,11 +340,23 @@ def contrast_weight(scene: world.Scene) -> float:
     return float(min(MAX_CONTRAST_WEIGHT, CONTRAST_REFERENCE / distance))
 
 
-def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device):
-    """Step `step`'s images (world scenes, then photo crops) and each one's loss weight."""
+def hard_scene(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
+    """`scene` made small, on a background drawn from the colours and black (never white, never
+    the shape's own colour): the low-contrast, sub-latent-cell detail an f = 4 autoencoder blurs."""
+    backgrounds = [b for b in world.BACKGROUNDS if b not in ("white", scene.colour)]
+    return replace(scene, size="small", background=str(rng.choice(backgrounds)))
+
+
+def autoencoder_batch(cfg: TrainConfig, step: int, photos: list, device, batch: int | None = None):
+    """Step `step`'s `batch` images (default `cfg.vae_batch`; world scenes, then photo crops)
+    and each one's loss weight."""
     rng = step_rng(cfg.seed, 1, step)
-    n_photos = round(cfg.photo_fraction * cfg.vae_batch)
-    scenes = world.sample_scenes(cfg.vae_batch - n_photos, int(rng.integers(2**31)))
+    batch = batch or cfg.vae_batch
+    n_photos = round(cfg.photo_fraction * batch)
+    scenes = world.sample_scenes(batch - n_photos, int(rng.integers(2**31)))
+    if cfg.hard_fraction:
+        n_hard = round(cfg.hard_fraction * len(scenes))
+        scenes = [hard_scene(s, rng) for s in scenes[:n_hard]] + scenes[n_hard:]
     batch = [torch.from_numpy(world.render_batch(scenes)).to(device)]
     for _ in range(n_photos):
         img = photos[rng.integers(len(photos))]
@@ -347,35 +373,57 @@ def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
 
 
-def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None):
-    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`."""
-    device = default_device()
+class AutoencoderPass(torch.nn.Module):
+    """The autoencoder's training pass as one `forward`: encode, sample z = μ + σ·ε, decode.
+    (A model's gradients are averaged between processes for what its `forward` computed, so
+    encode and decode go through one.) Returns the reconstruction and each image's KL term."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor):
+        posterior = self.vae.encode(x).latent_dist
+        recon = self.vae.decode(posterior.mean + posterior.std * noise).sample
+        return recon, posterior.kl()  # KL summed over latent elements, one per image
+
+
+def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None,
+                      encoder_only: bool = False):
+    """Stage 1 from scratch, or (for experiments) on from the weights of `start_from`, with
+    `encoder_only` the decoder frozen (the encoder learns the latents the decoder draws best)."""
+    acc = accelerator()
+    device = acc.device
     torch.manual_seed(cfg.seed)
     vae = build_autoencoder(model_cfg).to(device)
     if start_from is not None:
         vae.load_state_dict(start_from.state_dict())
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    if encoder_only:
+        vae.decoder.requires_grad_(False)
+        vae.post_quant_conv.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=cfg.vae_lr)
+    autoencoder_pass, optimizer = acc.prepare(AutoencoderPass(vae), optimizer)
     schedule = warmup_cosine(100, cfg.vae_steps)
     photos = photo_bank(device)
+    latent_shape = (model_cfg.latent_channels, model_cfg.latent_size, model_cfg.latent_size)
 
     def loss_at_step(step):
-        x, weights = autoencoder_batch(cfg, step, photos, device)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(
-            posterior.mean.shape, generator=step_generator(cfg.seed, 1, step)).to(device)
-        recon = vae.decode(z).sample
-        kl = posterior.kl().mean()  # summed over latent elements, averaged over the batch
+        x, weights = autoencoder_batch(cfg, step, photos, device, cfg.vae_batch * acc.num_processes)
+        noise = torch.randn((len(x), *latent_shape), generator=step_generator(cfg.seed, 1, step))
+        with acc.split_between_processes({"x": x, "weights": weights, "noise": noise}) as mine:
+            x, weights = mine["x"], mine["weights"]
+            recon, kl = autoencoder_pass(x, mine["noise"].to(device))
         error = (recon - x).flatten(1)
         per_image = error.abs().mean(1) + error.pow(2).mean(1)  # L1 + MSE
-        loss = (weights * per_image).mean() + cfg.kl_weight * kl
+        loss = (weights * per_image).mean() + cfg.kl_weight * kl.mean()
         if cfg.edge_weight:
             loss = loss + cfg.edge_weight * edge_loss(recon, x)
         return loss
 
     log = _run_loop("autoencoder", run_dir, {"vae": vae}, optimizer,
                     lambda step: cfg.vae_lr * schedule(step), cfg.vae_steps, cfg, loss_at_step,
-                    stage_recipes(cfg, model_cfg)["autoencoder"])
-    return vae.cpu(), log
+                    stage_recipes(cfg, model_cfg)["autoencoder"], acc)
+    return acc.unwrap_model(autoencoder_pass).vae.cpu(), log
 
 
 # ----------------------------------------------------------------------------- latents
@@ -404,21 +452,24 @@ def measure_scaling_factor(means: torch.Tensor, stds: torch.Tensor, seed: int = 
 # ----------------------------------------------------------------------------- stage 2
 
 
-def denoiser_batch(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict, step: int):
-    """Step `step`'s draw for Eq. 3: (z0, ε, t, caption) per sample. z0 is a posterior sample,
-    scaled to unit variance; the caption is an index into `caption_table`: the latent's English
-    caption, or (with "zh", half the time) its Chinese one, or -1, the empty prompt (dropout)."""
+def denoiser_batch(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict, step: int,
+                   batch: int | None = None):
+    """Step `step`'s draw for Eq. 3: (z0, ε, t, caption) for each of `batch` samples (default
+    `cfg.unet_batch`). z0 is a posterior sample, scaled to unit variance; the caption is an index
+    into `caption_table`: the latent's English caption, or (with "zh", half the time) its Chinese
+    one, or -1, the empty prompt (dropout)."""
     rng = step_rng(cfg.seed, 2, step)
     gen = step_generator(cfg.seed, 2, step)
+    batch = batch or cfg.unet_batch
     means, stds, scale = latents["means"], latents["stds"], latents["scaling_factor"]
-    idx = torch.from_numpy(rng.integers(len(means), size=cfg.unet_batch))
-    dropped = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.caption_dropout)
+    idx = torch.from_numpy(rng.integers(len(means), size=batch))
+    dropped = torch.from_numpy(rng.random(batch) < cfg.caption_dropout)
     z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
     noise = torch.randn(z0.shape, generator=gen)
-    t = torch.randint(0, model_cfg.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+    t = torch.randint(0, model_cfg.num_train_timesteps, (batch,), generator=gen)
     captions = idx
     if "zh" in model_cfg.languages:
-        captions = idx + len(means) * torch.from_numpy(rng.random(cfg.unet_batch) < 0.5)
+        captions = idx + len(means) * torch.from_numpy(rng.random(batch) < 0.5)
     return z0, noise, t, torch.where(dropped, -1, captions)
 
 
@@ -437,7 +488,8 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
     (`scheduler_config(model_cfg)`, with `schedule`'s changes: e.g. `tiny_model.SD_SCHEDULE`).
     `start_from`: a pipeline of this architecture whose text encoder and UNet weights to continue
     from instead (for experiments, as `train_autoencoder`'s)."""
-    device = default_device()
+    acc = accelerator()
+    device = acc.device
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(model_cfg)
     text_encoder = build_text_encoder(model_cfg, tokenizer).to(device)
@@ -449,24 +501,28 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
         scheduler_config(model_cfg, schedule)).alphas_cumprod.to(device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    modules = {"text_encoder": text_encoder, "unet": unet}
+    text_encoder, unet, optimizer = acc.prepare(text_encoder, unet, optimizer)
     lr_factor = warmup_cosine(cfg.warmup, cfg.unet_steps)
     all_ids = tokenizer(caption_table(cfg, model_cfg, latents), padding="max_length",
                         max_length=model_cfg.max_tokens, truncation=True,
                         return_tensors="pt").input_ids
 
     def loss_at_step(step):
-        z0, noise, t, captions = denoiser_batch(cfg, model_cfg, latents, step)
-        context = text_encoder(all_ids[captions].to(device))[0]
-        return denoising_loss(unet, z0.to(device), t.to(device), noise.to(device), context,
-                              alphas_cumprod, model_cfg.prediction_type).mean()
+        draw = denoiser_batch(cfg, model_cfg, latents, step, cfg.unet_batch * acc.num_processes)
+        with acc.split_between_processes(dict(zip(("z0", "noise", "t", "captions"), draw))) as mine:
+            context = text_encoder(all_ids[mine["captions"]].to(device))[0]
+            return denoising_loss(unet, mine["z0"].to(device), mine["t"].to(device),
+                                  mine["noise"].to(device), context, alphas_cumprod,
+                                  model_cfg.prediction_type).mean()
 
     recipe = {**stage_recipes(cfg, model_cfg)["denoiser"],
               "vae_sha256": latents.get("recipe", {}).get("vae_sha256"),
               **({"schedule": schedule} if schedule else {})}
-    log = _run_loop(stage, run_dir, {"text_encoder": text_encoder, "unet": unet}, optimizer,
+    log = _run_loop(stage, run_dir, modules, optimizer,
                     lambda step: cfg.unet_lr * lr_factor(step), cfg.unet_steps, cfg, loss_at_step,
-                    recipe)
-    return tokenizer, text_encoder.cpu(), unet.cpu(), log
+                    recipe, acc)
+    return tokenizer, acc.unwrap_model(text_encoder).cpu(), acc.unwrap_model(unet).cpu(), log
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -504,7 +560,8 @@ def cached_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path
         vae.save_pretrained(tmp)
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
 
-    write_atomic(vae_dir, save)
+    if is_main_process():
+        write_atomic(vae_dir, save)
     return vae
 
 
@@ -536,8 +593,9 @@ def cached_latents(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, va
     meta = {"captions": captions, "scaling_factor": measure_scaling_factor(means, stds),
             "recipe": recipe}
     # the JSON first: a kill between the two renames leaves a pair that disagrees, and is rebuilt
-    write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
-    write_atomic(cache, lambda tmp: save_file(tensors, tmp, metadata={"recipe": json.dumps(recipe)}))
+    if is_main_process():
+        write_atomic(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
+        write_atomic(cache, lambda tmp: save_file(tensors, tmp, metadata={"recipe": json.dumps(recipe)}))
     return {**tensors, **meta}
 
 
@@ -547,22 +605,31 @@ def train(run_dir: str | Path, cfg: TrainConfig | None = None,
 
     A changed recipe is honoured: each stage whose settings differ from what its saved result
     records is redone (one line says which settings changed), and the stages after it.
-    `run_dir/config.json` records the recipe. Returns the assembled `StableDiffusionPipeline`;
-    `export_to` also saves it there (renamed into place when complete).
+    `run_dir/config.json` records the recipe, and the processes it ran on. Returns the
+    assembled `StableDiffusionPipeline`; `export_to` also saves it there (renamed into place when
+    complete). Under `accelerate launch` every process trains its share of each batch
+    (`TrainConfig`'s batch sizes are per process) and the main one writes the files.
     """
     cfg, model_cfg = cfg or TrainConfig(), model_cfg or TinyLDMConfig()
     run_dir, export_to = check_run(run_dir, cfg, export_to)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    write_atomic(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(
-        {"train": asdict(cfg), "model": asdict(model_cfg)}, indent=2)))
+    acc = accelerator()
+    # every core, shared between the processes on this machine
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_processes))
+    if acc.is_main_process:
+        write_atomic(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(
+            {"train": asdict(cfg), "model": asdict(model_cfg),
+             "processes": acc.num_processes}, indent=2)))
 
     vae = cached_autoencoder(cfg, model_cfg, run_dir)
-    latents = cached_latents(cfg, model_cfg, run_dir, vae)
+    with acc.main_process_first():  # the main process encodes and writes; the others read
+        latents = cached_latents(cfg, model_cfg, run_dir, vae)
     vae.register_to_config(scaling_factor=latents["scaling_factor"])
 
     tokenizer, text_encoder, unet, _ = train_denoiser(cfg, model_cfg, run_dir, latents)
     pipe = build_pipeline(model_cfg, vae.eval(), text_encoder.eval(), tokenizer, unet.eval())
-    if export_to is not None:
+    acc.wait_for_everyone()
+    if export_to is not None and acc.is_main_process:
         write_atomic(export_to, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
     return pipe
 

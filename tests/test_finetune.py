@@ -113,3 +113,22 @@ def test_bad_config_is_named(field, value, words):
 def test_cli_names_a_bad_option(capsys):
     assert main(["finetune", "--steps", "0", "--out", "/nonexistent/x"]) == 2
     assert "steps = 0" in capsys.readouterr().err
+
+
+def test_report_speaks_the_course_language(monkeypatch):
+    from tutorial_ldm import language
+
+    result = {"method": "lora", "steps": 40, "cpu_seconds": 90.0, "trainable": 12345, "file": "pink.safetensors",
+              "file_bytes": 2048, "before_new": {"colour": 0.1, "all3": 0.05}, "after_new": {"colour": 0.9, "all3": 0.5},
+              "before_old": {"all3": 0.8}, "after_old": {"all3": 0.75}, "chance": 1 / 7}
+    monkeypatch.setattr(language, "_current", "en")
+    english = ft.report(result)
+    assert "40 steps" in english and "12,345 trained parameters" in english and "+5.0 points lost" in english
+    monkeypatch.setattr(language, "_current", "zh")
+    chinese = ft.report(result)
+    assert "40 步" in chinese and "12,345 个参数" in chinese and "损失 +5.0 个百分点" in chinese
+    assert english.count("\n") == chinese.count("\n") == 2
+    shared = {**result, "processes": 2, "batch": 4}
+    assert "40 步（2 个进程 × 批次 4）" in ft.report(shared)
+    monkeypatch.setattr(language, "_current", "en")
+    assert "40 steps on 2 processes × batch 4" in ft.report(shared)

@@ -1,6 +1,7 @@
 """Every notebook runs top to bottom in a fresh kernel, offline, on the CPU.
 
-Each `notebooks/*.ipynb` is picked up automatically. The kernel imports `tutorial_ldm` from this
+Each `notebooks/*.ipynb` and its Chinese twin `notebooks/zh/*.ipynb` is picked up automatically
+(test ids `05_sampling.ipynb`, `zh/05_sampling.ipynb`; one: `-k "zh/05"`), and runs in its own folder. The kernel imports `tutorial_ldm` from this
 checkout (the repo root leads its PYTHONPATH, installed or not), draws with the non-interactive
 Agg backend, and runs under the same offline guard as the tests (offline_site/sitecustomize.py).
 """
@@ -19,7 +20,8 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb")) + sorted(NOTEBOOK_DIR.glob("zh/*.ipynb"))
+IDS = [str(p.relative_to(NOTEBOOK_DIR)) for p in NOTEBOOKS]
 OFFLINE_SITE = Path(__file__).resolve().parent / "offline_site"
 
 NOTEBOOK_TIMEOUT = 1200  # s, the whole notebook (pytest-timeout); chapter 3 trains for ~4 CPU minutes (11 min on a loaded 2-core machine)
@@ -63,13 +65,13 @@ def stderr_of(nb: nbformat.NotebookNode) -> list[str]:
 
 
 @pytest.mark.timeout(NOTEBOOK_TIMEOUT)
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs(path):
-    nb = execute_notebook(path)
+    nb = execute_notebook(path, cwd=path.parent)
     assert stderr_of(nb) == [], f"{path.name} writes to stderr"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_is_committed_clean_and_loads_through_the_package(path):
     """No saved outputs (they go stale), and the shipped model through `load_pipeline` or
     `SHIPPED_MODEL` — not a relative path, and not around load_pipeline's notice filter."""

@@ -33,7 +33,8 @@ def pyproject():
 
 def pyproject_pins() -> dict[str, str]:
     project = pyproject()["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]  # dev, and zh (JupyterLab's Chinese language pack)
+    requirements = project["dependencies"] + [r for group in extras.values() for r in group]
     return pins(requirements, "pyproject.toml")
 
 
@@ -96,7 +97,7 @@ def test_make_installs_pinned_torch_first_and_registers_nothing_globally():
     ).stdout
     torch_pin = f"torch=={pyproject_pins()['torch']}"
     assert re.search(rf'pip install .*"{re.escape(torch_pin)}"', plan), plan
-    assert plan.index(torch_pin) < plan.index('pip install -e ".[dev]"')
+    assert plan.index(torch_pin) < plan.index('pip install -e ".[dev,zh]"')
     assert "--user" not in plan and "--sys-prefix" in plan
 
 

@@ -14,6 +14,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
+# A kernel started in Chinese (TUTORIAL_LDM_LANG=zh, e.g. by `make lab LAB_LANG=zh`) draws its
+# figures with a CJK font from the start, as `set_language("zh")` would arrange.
+if os.environ.get("TUTORIAL_LDM_LANG", "").strip() == "zh":
+    from .fonts import use_cjk_font
+
+    use_cjk_font()
+
 # public name -> module that defines it
 _EXPORTS = {
     "TinyLDMConfig": "tiny_model",

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .language import say
 from .paths import ASSETS
 from .tiny_model import TinyLDMConfig, build_unet
 from .world import IMAGE_SIZE
@@ -273,9 +274,11 @@ def f_tradeoff(vaes: dict, n_scenes: int = 64, seed: int = 12345) -> list[dict]:
 
 
 def format_f_tradeoff(rows: list[dict]) -> str:
-    """The rows of `f_tradeoff` as a text table."""
-    lines = [f"{'f':>3} {'latent c×h×w':>13} {'numbers':>8} {'compression':>11} "
-             f"{'PSNR scenes':>11} {'PSNR photo':>10} {'read right':>10} {'UNet MFLOPs':>12}"]
+    """The rows of `f_tradeoff` as a text table, its header in the course's language."""
+    lines = [say(f"{'f':>3} {'latent c×h×w':>13} {'numbers':>8} {'compression':>11} "
+                 f"{'PSNR scenes':>11} {'PSNR photo':>10} {'read right':>10} {'UNet MFLOPs':>12}",
+                 f"{'f':>3} {'潜变量 c×h×w':>10} {'数值个数':>4} {'压缩比':>8} "
+                 f"{'PSNR 场景':>9} {'PSNR 照片':>8} {'读对':>8} {'UNet MFLOPs':>12}")]
     for r in rows:
         c, h, w = r["latent"]
         lines.append(f"{r['f']:>3} {f'{c}×{h}×{w}':>13} {c * h * w:>8} {r['compression']:>10.0f}× "

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from . import world
 from .devices import accelerator
+from .language import say
 from .noise_schedule import NoiseSchedule
 from .train import write_atomic
 from .unet import denoising_loss
@@ -401,15 +402,22 @@ def original_prompts(n: int = 90) -> list[str]:
 
 
 def report(result: dict) -> str:
-    """A run's figures in a few lines (what bench/finetune.py and the CLI print)."""
+    """A run's figures in a few lines (what bench/finetune.py and the CLI print), in the course's language."""
     b, a, o0, o = result["before_new"], result["after_new"], result["before_old"], result["after_old"]
     processes = result.get("processes", 1)
-    shared = f" on {processes} processes × batch {result['batch']}" if processes > 1 else ""
+    fields = dict(method=result["method"], steps=result["steps"], minutes=result["cpu_seconds"] / 60,
+                  trainable=result["trainable"], file=result["file"], kib=result["file_bytes"] / 1024,
+                  a=a, b=b, chance=result["chance"], o=o, o0=o0, lost=100 * (o0["all3"] - o["all3"]),
+                  processes=processes, batch=result.get("batch"))
+    shared = say(" on {processes} processes × batch {batch}", "（{processes} 个进程 × 批次 {batch}）", **fields) if processes > 1 else ""
     return "\n".join([
-        f"{result['method']}: {result['steps']} steps{shared}, {result['cpu_seconds'] / 60:.1f} CPU min, "
-        f"{result['trainable']:,} trained parameters, file {result['file']} ({result['file_bytes'] / 1024:.1f} KiB)",
-        f"  new colour on held-out prompts: {a['colour']:.0%} (before {b['colour']:.0%}, chance "
-        f"{result['chance']:.0%}); colour+shape+position {a['all3']:.0%} (before {b['all3']:.0%})",
-        f"  original prompts, all three right: {o['all3']:.0%} (before {o0['all3']:.0%}, "
-        f"{100 * (o0['all3'] - o['all3']):+.1f} points lost)",
+        say("{method}: {steps} steps{shared}, {minutes:.1f} CPU min, {trainable:,} trained parameters, file {file} ({kib:.1f} KiB)",
+            "{method}：{steps} 步{shared}，CPU {minutes:.1f} 分钟，训练了 {trainable:,} 个参数，文件 {file}（{kib:.1f} KiB）",
+            shared=shared, **fields),
+        say("  new colour on held-out prompts: {a[colour]:.0%} (before {b[colour]:.0%}, chance {chance:.0%}); "
+            "colour+shape+position {a[all3]:.0%} (before {b[all3]:.0%})",
+            "  留出提示词上的新颜色：{a[colour]:.0%}（之前 {b[colour]:.0%}，随机水平 {chance:.0%}）；"
+            "颜色+形状+位置 {a[all3]:.0%}（之前 {b[all3]:.0%}）", **fields),
+        say("  original prompts, all three right: {o[all3]:.0%} (before {o0[all3]:.0%}, {lost:+.1f} points lost)",
+            "  原有提示词三项全对：{o[all3]:.0%}（之前 {o0[all3]:.0%}，损失 {lost:+.1f} 个百分点）", **fields),
     ])

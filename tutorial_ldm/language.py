@@ -4,7 +4,8 @@ A Chinese chapter (notebooks/zh/) differs from its English twin only in its firs
 `set_language("zh")`; every other code cell is the same, so the words a cell shows come from here:
 `say("Noise level", "噪声水平")` in a cell, or the package's own catalogues (the studio's
 `studio.strings`) keyed by `current_language()`. The default is English, or the environment
-variable TUTORIAL_LDM_LANG ("en" or "zh"), so a kernel started by `make lab LANG=zh` opens in Chinese.
+variable TUTORIAL_LDM_LANG ("en" or "zh"), so a kernel started by `make lab LAB_LANG=zh` opens in
+Chinese (importing tutorial_ldm then sets up the Chinese font too).
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def current_language() -> str:
 
 
 def set_language(lang: str) -> str:
-    """Make `lang` ("en" or "zh") the language of figures, messages, hints and the studio."""
+    """Make `lang` ("en" or "zh") the language of figures, messages, hints and the studio.
+    Chinese also gives matplotlib a CJK font (`fonts.use_cjk_font`)."""
     global _current
     _current = check_language(lang)
+    if _current == "zh":
+        from .fonts import use_cjk_font
+
+        use_cjk_font()
     return _current
 
 

@@ -14,7 +14,9 @@ Images may be PIL images, uint8 H×W×3 arrays, float H×W×3 arrays in [0, 1], 
 3×H×W in [−1, 1] (the range diffusion works in). Small images are drawn with sharp pixels.
 
 Every function draws one figure and shows it; with `show=False` it returns the Figure instead
-(to save it, or to add to it). A cell that ends in a call shows the figure once.
+(to save it, or to add to it). A cell that ends in a call shows the figure once. The words the
+functions add themselves ("image", "attention weight", the UNet's labels) follow the course's
+language (`tutorial_ldm.language.say`); Chinese is drawn with a CJK font (`tutorial_ldm.fonts`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.ticker import NullFormatter
+
+from .language import say
 
 ATTENTION_CMAP = "magma"  # perceptually uniform, dark = little attention
 
@@ -200,14 +204,14 @@ def show_attention(image, maps: Mapping[str, np.ndarray], *, title: str | None =
                              squeeze=False)
     axes = axes[0]
     axes[0].imshow(picture, interpolation="nearest")
-    axes[0].set_title("image", fontsize=8)
+    axes[0].set_title(say("image", "图像"), fontsize=8)
     for ax, (word, m) in zip(axes[1:], values.items()):
         ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         im = ax.imshow(m, cmap=ATTENTION_CMAP, vmin=0, vmax=vmax, alpha=alpha, interpolation="nearest")
         ax.set_title(f"“{word}”", fontsize=8)
     for ax in axes:
         _bare(ax)
-    fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01, label="attention weight")
+    fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01, label=say("attention weight", "注意力权重"))
     if title:
         fig.suptitle(title, fontsize=9)
     return _finish(fig, show)
@@ -242,32 +246,39 @@ def draw_unet(config: Mapping, *, title: str | None = None, show: bool = True):
         side = size // 2**i
         y = levels - i
         d_attn, u_attn = "CrossAttn" in down[i], "CrossAttn" in up[levels - 1 - i]
-        _box(ax, 0, y, f"down {i}: {side}×{side}×{c}\n{layers}× ResNet" + (" + cross-attn" if d_attn else ""),
-             colour=attn if d_attn else plain)
-        _box(ax, 7, y, f"up {levels - 1 - i}: {side}×{side}×{c}\n{layers + 1}× ResNet"
-             + (" + cross-attn" if u_attn else ""), colour=attn if u_attn else plain)
-        _arrow(ax, (1.35, y), (5.65, y), colour="tab:green", dashed=True, text=f"skips ({layers + 1} tensors)")
+        cross = say(" + cross-attn", " + 交叉注意力")
+        _box(ax, 0, y, say("down {i}", "下行 {i}", i=i) + f": {side}×{side}×{c}\n{layers}× ResNet"
+             + (cross if d_attn else ""), colour=attn if d_attn else plain)
+        _box(ax, 7, y, say("up {i}", "上行 {i}", i=levels - 1 - i) + f": {side}×{side}×{c}\n{layers + 1}× ResNet"
+             + (cross if u_attn else ""), colour=attn if u_attn else plain)
+        _arrow(ax, (1.35, y), (5.65, y), colour="tab:green", dashed=True,
+               text=say("skips ({n} tensors)", "跳跃连接（{n} 个张量）", n=layers + 1))
         if i < levels - 1:
             _arrow(ax, (0, y - 0.42), (0, y - 0.58), text=None)
             _arrow(ax, (7, y - 0.58), (7, y - 0.42))
     bottom = size // 2 ** (levels - 1)
     mid_attn = "CrossAttn" in str(config.get("mid_block_type", "UNetMidBlock2DCrossAttn"))
-    _box(ax, 3.5, 0.2, f"middle: {bottom}×{bottom}×{channels[-1]}\nResNet" + (" + cross-attn + ResNet" if mid_attn else ""),
+    _box(ax, 3.5, 0.2, say("middle", "中间块") + f": {bottom}×{bottom}×{channels[-1]}\nResNet"
+         + (say(" + cross-attn + ResNet", " + 交叉注意力 + ResNet") if mid_attn else ""),
          colour=attn if mid_attn else plain, width=3.2)
     _arrow(ax, (0, 1 - 0.42), (1.9, 0.2))
     _arrow(ax, (5.1, 0.2), (7, 1 - 0.42))
     _box(ax, 0, levels + 1.1, f"z_t: {size}×{size}×{config['in_channels']}", colour="white", width=2.0, height=0.5)
-    _box(ax, 7, levels + 1.1, f"prediction: {size}×{size}×{config['out_channels']}", colour="white",
+    _box(ax, 7, levels + 1.1, say("prediction", "预测") + f": {size}×{size}×{config['out_channels']}", colour="white",
          width=2.4, height=0.5)
     _arrow(ax, (0, levels + 0.85), (0, levels + 0.42))
     _arrow(ax, (7, levels + 0.42), (7, levels + 0.85))
-    ax.text(3.5, levels + 1.1, "t → sinusoidal embedding → MLP → every ResNet block\n"
-            "τθ(y) → keys and values of every cross-attention", ha="center", va="center", fontsize=7.5)
+    ax.text(3.5, levels + 1.1, say("t → sinusoidal embedding → MLP → every ResNet block\n"
+                                   "τθ(y) → keys and values of every cross-attention",
+                                   "t → 正弦嵌入 → MLP → 每个 ResNet 块\n"
+                                   "τθ(y) → 每个交叉注意力的键和值"), ha="center", va="center", fontsize=7.5)
     ax.set_xlim(-1.6, 8.6)
     ax.set_ylim(-0.5, levels + 1.5)
     ax.axis("off")
-    ax.set_title(title or "the UNet: down (left), middle, up (right); green: skip connections; "
-                 "orange: cross-attention to the text", fontsize=9)
+    ax.set_title(title or say("the UNet: down (left), middle, up (right); green: skip connections; "
+                              "orange: cross-attention to the text",
+                              "UNet：下行（左）、中间块、上行（右）；绿色：跳跃连接；橙色：对文本的交叉注意力"),
+                 fontsize=9)
     fig.tight_layout()
     return _finish(fig, show)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .language import say
 from .noise_schedule import q_sample
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -124,12 +125,14 @@ def unet_anatomy(unet, latent_size: int | None = None) -> list[Block]:
 
 
 def format_anatomy(blocks: list[Block]) -> str:
-    """`unet_anatomy` as a text table."""
-    lines = [f"{'stage':<14} {'kind':<23} {'in C×H×W':>11} {'out C×H×W':>11} {'text?':>5} "
-             f"{'skips':>5} {'parameters':>10}"]
+    """`unet_anatomy` as a text table, its words in the course's language."""
+    lines = [say(f"{'stage':<14} {'kind':<23} {'in C×H×W':>11} {'out C×H×W':>11} {'text?':>5} "
+                 f"{'skips':>5} {'parameters':>10}",
+                 f"{'阶段':<12} {'类型':<21} {'输入 C×H×W':>9} {'输出 C×H×W':>9} {'文本':>3} "
+                 f"{'跳跃':>3} {'参数':>8}")]
     for b in blocks:
         shape_in, shape_out = ("×".join(map(str, s)) for s in (b.shape_in, b.shape_out))
-        text = "yes" if b.cross_attention else ""
+        text = say("yes", "有") if b.cross_attention else ""
         lines.append(f"{b.name:<14} {b.kind:<23} {shape_in:>11} {shape_out:>11} {text:>5} "
                      f"{b.skips or '':>5} {b.parameters:>10,}")
     return "\n".join(lines)

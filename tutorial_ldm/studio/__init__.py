@@ -42,14 +42,15 @@ from .app import Studio
 from .strings import LANGUAGES, STRINGS
 
 
-def studio(pipe=None, *, models_dir=None, lang: str = "en") -> Studio:
+def studio(pipe=None, *, models_dir=None, lang: str | None = None) -> Studio:
     """The one-click text-to-image app for the notebook.
 
     pipe: a pipeline from `load_pipeline` (tiny on the CPU, SD on a GPU); default: the shipped
         tiny model, loaded now.
     models_dir: the A1111-style checkpoint folder listed in the Model menu (default: see
         `tutorial_ldm.loading.models_dir`); choosing one there loads it.
-    lang: "en" or "zh", the language of every label and message (switchable in the app).
+    lang: "en" or "zh", the language of every label and message (switchable in the app);
+        default: the chapter's, `tutorial_ldm.language.current_language()`.
     """
     return Studio(pipe, models_dir=models_dir, lang=lang)
 

@@ -23,6 +23,7 @@ import ipywidgets as w
 from ..autoencoder import vae_factor
 from ..extra_networks import check_available
 from ..generation import generate
+from ..language import current_language
 from ..loading import list_models, list_vaes, load_pipeline, model_info, model_name, models_dir, vae_dir
 from ..parameters import read_parameters, save_image
 from ..paths import SHIPPED_MODEL
@@ -76,7 +77,8 @@ class Interrupted(Exception):
 class Studio(w.VBox):
     """The studio app. Build it with `studio()`; see `tutorial_ldm.studio`'s docstring for driving it."""
 
-    def __init__(self, pipe=None, *, models_dir=None, lang: str = "en"):
+    def __init__(self, pipe=None, *, models_dir=None, lang: str | None = None):
+        lang = current_language() if lang is None else lang  # the chapter's language
         if lang not in STRINGS:
             raise ValueError(f"lang={lang!r} is not available; allowed: {', '.join(STRINGS)}")
         if pipe is not None and not all(hasattr(pipe, part) for part in PIPELINE_PARTS):

@@ -13,6 +13,9 @@ STAMP := $(VENV)/.setup-done
 # a multi-GB CUDA build. TORCH_PIP_ARGS can point pip at another wheel index (e.g. CPU-only).
 TORCH := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 TORCH_PIP_ARGS ?=
+# The suite runs on this many worker processes (pytest-xdist; the chapters are the long tests and
+# each kernel uses one or two threads): 2 halves CI's wall time on a 2-core machine. TEST_JOBS=0: one process.
+TEST_JOBS ?= 2
 ARGS ?=
 # LAB_LANG (not LANG, the locale's variable): "en", or "zh" for notebooks/zh/, JupyterLab's menus
 # in Chinese (the language pack of pyproject's "zh" extra, chosen by an overrides.json that only
@@ -60,7 +63,7 @@ $(ZH_SETTINGS)/overrides.json:
 	echo '{"@jupyterlab/translation-extension:plugin": {"locale": "zh_CN"}}' > $@
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist worksteal) $(ARGS)
 
 clean:
 	rm -rf $(VENV)

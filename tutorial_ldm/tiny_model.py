@@ -150,9 +150,17 @@ def build_unet(cfg: TinyLDMConfig):
     )
 
 
-def scheduler_config(cfg: TinyLDMConfig) -> dict:
-    """The schedule the model is trained with; every diffusers scheduler can be built from it."""
-    return dict(
+# Stable Diffusion 1.x's schedule, as changes to ours (its scheduler_config.json): the same
+# scaled_linear betas *not* rescaled (√ᾱ_T = 0.068 of the image left at t = T) and "leading"
+# spacing (sampling starts at t = 951 for 20 steps, never at T). For chapter 1's demonstration of
+# what that schedule does (bench/zero_snr.py); the prediction type stays v.
+SD_SCHEDULE = {"rescale_betas_zero_snr": False, "timestep_spacing": "leading"}
+
+
+def scheduler_config(cfg: TinyLDMConfig, changes: dict | None = None) -> dict:
+    """The schedule the model is trained with; every diffusers scheduler can be built from it.
+    `changes`: settings that replace ours (e.g. `SD_SCHEDULE`); ValueError for an unknown key."""
+    config = dict(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_start=cfg.beta_start,
         beta_end=cfg.beta_end,
@@ -164,16 +172,22 @@ def scheduler_config(cfg: TinyLDMConfig) -> dict:
         clip_sample=False,
         set_alpha_to_one=False,
     )
+    unknown = sorted(set(changes or {}) - set(config))
+    if unknown:
+        raise ValueError(f"unknown scheduler setting(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(config)}")
+    return {**config, **(changes or {})}
 
 
-def build_scheduler(cfg: TinyLDMConfig):
+def build_scheduler(cfg: TinyLDMConfig, changes: dict | None = None):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(**scheduler_config(cfg))
+    return DDIMScheduler(**scheduler_config(cfg, changes))
 
 
-def build_pipeline(cfg: TinyLDMConfig, vae, text_encoder, tokenizer, unet):
-    """Assemble the parts into a stock `StableDiffusionPipeline` (no safety checker)."""
+def build_pipeline(cfg: TinyLDMConfig, vae, text_encoder, tokenizer, unet, schedule: dict | None = None):
+    """Assemble the parts into a stock `StableDiffusionPipeline` (no safety checker); `schedule`:
+    changes to the scheduler's settings (`scheduler_config`)."""
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
@@ -181,7 +195,7 @@ def build_pipeline(cfg: TinyLDMConfig, vae, text_encoder, tokenizer, unet):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=build_scheduler(cfg),
+        scheduler=build_scheduler(cfg, schedule),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

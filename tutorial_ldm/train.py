@@ -431,18 +431,25 @@ def caption_table(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict) -> 
 
 
 def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, latents: dict,
-                   stage: str = "denoiser"):
+                   stage: str = "denoiser", schedule: dict | None = None, start_from=None):
     """Text encoder + UNet from scratch on cached latents: `unet.denoising_loss` (paper Eq. 3,
-    v-prediction) on the forward process of `noise_schedule`, with the pipeline's own schedule."""
+    v-prediction) on the forward process of `noise_schedule`, with the pipeline's own schedule
+    (`scheduler_config(model_cfg)`, with `schedule`'s changes: e.g. `tiny_model.SD_SCHEDULE`).
+    `start_from`: a pipeline of this architecture whose text encoder and UNet weights to continue
+    from instead (for experiments, as `train_autoencoder`'s)."""
     device = default_device()
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(model_cfg)
     text_encoder = build_text_encoder(model_cfg, tokenizer).to(device)
     unet = build_unet(model_cfg).to(device)
-    alphas_cumprod = NoiseSchedule.from_config(scheduler_config(model_cfg)).alphas_cumprod.to(device)
+    if start_from is not None:
+        text_encoder.load_state_dict(start_from.text_encoder.state_dict())
+        unet.load_state_dict(start_from.unet.state_dict())
+    alphas_cumprod = NoiseSchedule.from_config(
+        scheduler_config(model_cfg, schedule)).alphas_cumprod.to(device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
-    schedule = warmup_cosine(cfg.warmup, cfg.unet_steps)
+    lr_factor = warmup_cosine(cfg.warmup, cfg.unet_steps)
     all_ids = tokenizer(caption_table(cfg, model_cfg, latents), padding="max_length",
                         max_length=model_cfg.max_tokens, truncation=True,
                         return_tensors="pt").input_ids
@@ -454,9 +461,10 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
                               alphas_cumprod, model_cfg.prediction_type).mean()
 
     recipe = {**stage_recipes(cfg, model_cfg)["denoiser"],
-              "vae_sha256": latents.get("recipe", {}).get("vae_sha256")}
+              "vae_sha256": latents.get("recipe", {}).get("vae_sha256"),
+              **({"schedule": schedule} if schedule else {})}
     log = _run_loop(stage, run_dir, {"text_encoder": text_encoder, "unet": unet}, optimizer,
-                    lambda step: cfg.unet_lr * schedule(step), cfg.unet_steps, cfg, loss_at_step,
+                    lambda step: cfg.unet_lr * lr_factor(step), cfg.unet_steps, cfg, loss_at_step,
                     recipe)
     return tokenizer, text_encoder.cpu(), unet.cpu(), log
 
@@ -569,14 +577,52 @@ LIVE_MODEL = TinyLDMConfig(unet_channels=(32, 64, 64))
 
 
 def train_live(vae, run_dir: str | Path, cfg: TrainConfig = LIVE_TRAIN,
-               model_cfg: TinyLDMConfig = LIVE_MODEL):
+               model_cfg: TinyLDMConfig = LIVE_MODEL, schedule: dict | None = None):
     """Text encoder + UNet from scratch on `vae`'s latents; returns a ready pipeline and the
-    loss log [(step, loss), ...]. With the defaults it takes a few CPU minutes."""
+    loss log [(step, loss), ...]. With the defaults it takes a few CPU minutes.
+    `schedule`: changes to the model's noise schedule, trained on and sampled with (e.g.
+    `tiny_model.SD_SCHEDULE`: chapter 1's demonstration of what SD's schedule does)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     means, stds, captions = encode_world(vae.eval(), cfg.n_latents, seed=cfg.seed + 1)
     latents = {"means": means, "stds": stds, "captions": captions,
                "scaling_factor": vae.config.scaling_factor}
     tokenizer, text_encoder, unet, log = train_denoiser(cfg, model_cfg, run_dir, latents,
-                                                        stage="live")
-    return build_pipeline(model_cfg, vae, text_encoder.eval(), tokenizer, unet.eval()), log
+                                                        stage="live", schedule=schedule)
+    return build_pipeline(model_cfg, vae, text_encoder.eval(), tokenizer, unet.eval(), schedule), log
+
+
+# ----------------------------------------------------------------------------- another schedule
+
+# Chapter 1's demonstration (bench/zero_snr.py): the shipped model trained on a few CPU minutes
+# more on SD 1.x's schedule (`tiny_model.SD_SCHEDULE`), at a tenth of stage 2's peak rate.
+SCHEDULE_TRAIN = TrainConfig(n_latents=4000, unet_steps=600, unet_lr=3e-4, warmup=20,
+                             checkpoint_every=10**9)
+
+
+def train_on_schedule(pipe, run_dir: str | Path, schedule: dict | None = None,
+                      cfg: TrainConfig = SCHEDULE_TRAIN, model_cfg: TinyLDMConfig | None = None):
+    """`pipe`'s text encoder + UNet trained on by stage 2 (`train_denoiser`, `start_from=pipe`) on
+    another noise schedule, by default SD 1.x's (`tiny_model.SD_SCHEDULE`: no zero terminal SNR,
+    "leading" spacing), on `cfg.n_latents` scenes encoded by `pipe.vae`. Returns a new pipeline
+    (`pipe` is unchanged) that samples with that schedule, and the loss log.
+
+    Lin et al. 2024 fine-tuned SD 2.1 *onto* zero terminal SNR; this goes the other way, to show
+    what SD's schedule teaches a model (chapter 1)."""
+    from .tiny_model import SD_SCHEDULE
+
+    schedule = SD_SCHEDULE if schedule is None else schedule
+    model_cfg = model_cfg or TinyLDMConfig()
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    means, stds, captions = encode_world(pipe.vae.eval(), cfg.n_latents, seed=cfg.seed + 1)
+    latents = {"means": means, "stds": stds, "captions": captions,
+               "scaling_factor": pipe.vae.config.scaling_factor}
+    tokenizer, text_encoder, unet, log = train_denoiser(cfg, model_cfg, run_dir, latents,
+                                                        stage="schedule", schedule=schedule,
+                                                        start_from=pipe)
+    return build_pipeline(model_cfg, pipe.vae, text_encoder.eval(), tokenizer, unet.eval(),
+                          schedule), log

@@ -52,7 +52,11 @@ def test_every_chapter_has_one_exercise_in_nbgrader_form():
 def test_student_copies_have_no_solutions_and_lock_the_checks(tmp_path, capsys):
     assert main(["classroom", "student-copies", str(tmp_path / "copies")]) == 0
     written = capsys.readouterr().out.split()
-    assert [Path(p).name for p in written] == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    chapters = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    twins = sorted(p.name for p in (ROOT / "notebooks" / "zh").glob("*.ipynb"))
+    assert chapters and twins == chapters  # the Chinese edition is handed out too, as OUT/zh/
+    assert [Path(p).relative_to(tmp_path / "copies").as_posix() for p in written] == \
+        chapters + [f"zh/{name}" for name in twins]
     for exercise in classroom.exercises():
         nb = nbformat.read(tmp_path / "copies" / exercise.notebook, as_version=4)
         text = "\n".join(c.source for c in nb.cells)

@@ -29,3 +29,15 @@ def no_network_attempts():
     yield
     attempts, offline_guard.blocked[:] = list(offline_guard.blocked), []
     assert not attempts, f"the test tried to reach the network: {attempts}"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests: the models are tiny, so one thread is as fast,
+    and far faster when other jobs share the CPU. Use: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,6 +23,7 @@ from tutorial_ldm import metrics, world
 from tutorial_ldm.autoencoder import decode, encode, to_images
 from tutorial_ldm.guidance import generate_batch
 from tutorial_ldm.paths import SHIPPED_MODEL
+from tutorial_ldm.tiny_model import speaks_chinese
 
 
 
@@ -60,8 +61,7 @@ def main() -> None:
     show("analyzer after the VAE round trip:", metrics.adherence(vae_round_trip(pipe, scenes),
                                                                  captions))
 
-    tok = pipe.tokenizer
-    languages = args.languages or ["en"] + ["zh"] * (tok.unk_token_id not in tok("红色").input_ids)
+    languages = args.languages or ["en"] + ["zh"] * speaks_chinese(pipe.tokenizer)
     for language in languages:
         prompts = metrics.benchmark_prompts(args.variants, seed=args.seed, language=language)
         images, seconds = [], 0.0

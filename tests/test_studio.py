@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -469,6 +470,25 @@ def test_the_language_switch_relabels_everything_and_says_the_status_again(app):
     assert 'Seed "abc" is not allowed' in status(app)
     with pytest.raises(ValueError, match=r"language 'fr'.*en, zh"):
         app.language = "fr"
+
+
+def test_the_chinese_example_prompt_is_chinese_only_for_a_model_that_reads_chinese():
+    from toy_models import TOY, toy_pipeline
+
+    from tutorial_ldm.tiny_model import build_tokenizer, speaks_chinese
+
+    english = studio(shipped_pipe(), lang="zh")  # the shipped model knows English words only
+    assert "例如 a red circle on the left（这个模型只懂英文）。" in english.prompt.placeholder
+    english.language = "en"
+    assert english.prompt.placeholder.startswith("What to draw, e.g. a red circle on the left.")
+
+    bilingual = toy_pipeline()
+    bilingual.tokenizer = build_tokenizer(replace(TOY, languages=("en", "zh")))
+    assert speaks_chinese(bilingual.tokenizer) and not speaks_chinese(shipped_pipe().tokenizer)
+    app = studio(bilingual, lang="zh")
+    assert app.prompt.placeholder.startswith("要画什么，例如 左边有一个红色的圆形。")
+    example = re.search(r"例如 (.*?)。", app.prompt.placeholder)[1]
+    assert bilingual.tokenizer.unk_token_id not in bilingual.tokenizer(example).input_ids
 
 
 def test_unknown_language_is_refused():

@@ -185,6 +185,7 @@ def test_settings_that_do_not_change_the_result_do_not_redo_anything(tmp_path, c
     ("n_latents", 0, "an integer ≥ 1"), ("threads", -1, "an integer ≥ 0 (0: every core)"),
     ("seed", -1, "an integer ≥ 0"), ("vae_steps", 2.5, "an integer ≥ 1"),
     ("caption_dropout", 1.5, "a number from 0 to 1"), ("unet_lr", float("nan"), "a finite number > 0"),
+    ("ema_decay", 1.0, "a number from 0 (off) up to, not including, 1"),
 ])
 def test_bad_config_names_field_value_and_what_is_allowed(tmp_path, field, value, allowed):
     cfg = T.TrainConfig(**{**TOY, field: value})
@@ -368,3 +369,43 @@ def test_encoder_only_training_leaves_the_decoder_as_it_was(tmp_path):
     before, after = start.state_dict(), vae.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("encoder.", "quant_conv.")) for k in changed), changed
+
+
+def test_weight_average_warms_up_then_keeps_its_decay():
+    model = torch.nn.Linear(2, 1, bias=False)
+    average = T.weight_average(model, decay=0.2)
+    expected = None
+    for n, value in enumerate([4.0, 0.0, 8.0, 2.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update_parameters(model)
+        keep = min(0.2, (1 + n) / (10 + n))  # after n updates; the cap from the third on
+        expected = value if expected is None else keep * expected + (1 - keep) * value
+        torch.testing.assert_close(average.module.weight, torch.full((1, 2), expected))
+    assert expected not in (4.0, 2.0)  # an average, neither the first nor the last weights
+
+
+def test_ema_run_exports_the_average_and_resumes_exactly(tmp_path, monkeypatch):
+    cfg = T.TrainConfig(**{**TOY, "ema_decay": 0.9})
+    straight = T.train(tmp_path / "a", cfg, TOY_MODEL, export_to=tmp_path / "pipe")
+    state = load_file(tmp_path / "a" / "denoiser_state.safetensors")
+    last = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    averaged = {k[len("ema_unet.module."):]: v for k, v in state.items()
+                if k.startswith("ema_unet.module.")}
+    assert last.keys() == averaged.keys() and state["ema_unet.n_averaged"] == TOY["unet_steps"]
+    exported = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe").unet.state_dict()
+    assert all(torch.equal(exported[k], averaged[k]) for k in averaged)  # the average is shipped
+    assert any(not torch.equal(last[k], averaged[k]) for k in last)
+
+    real_save = T.save_state
+
+    def crash_after_first_denoiser_checkpoint(path, step, *args):
+        real_save(path, step, *args)
+        if path.name.startswith("denoiser") and step == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(T, "save_state", crash_after_first_denoiser_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tmp_path / "b", cfg, TOY_MODEL)
+    monkeypatch.setattr(T, "save_state", real_save)
+    assert_same(params(straight.unet), params(T.train(tmp_path / "b", cfg, TOY_MODEL).unet))

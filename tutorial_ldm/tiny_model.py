@@ -94,6 +94,14 @@ def build_tokenizer(cfg: TinyLDMConfig):
     )
 
 
+def speaks_chinese(tokenizer) -> bool:
+    """True for a tokenizer that has the world's Chinese words as whole tokens (a tiny model
+    trained with `languages=("en", "zh")`). SD's CLIP BPE has none: it spells Chinese as byte
+    fragments its text encoder never learned (chapter 4), so SD models want English prompts."""
+    vocab = tokenizer.get_vocab()
+    return all(word in vocab for word in vocabulary(("en", "zh")) if not word.isascii())
+
+
 def build_text_encoder(cfg: TinyLDMConfig, tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
 

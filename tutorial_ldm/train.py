@@ -89,6 +89,11 @@ class TrainConfig:
     unet_lr: float = 1e-3
     warmup: int = 200
     caption_dropout: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
+    # exponential moving average of the text encoder's and UNet's weights, exported instead of the
+    # last ones (the paper's models use 0.9999); 0 = off. Its first steps average over fewer
+    # (decay (1 + n) / (10 + n) after n updates, as diffusers' EMAModel), so it never remembers
+    # the random initialisation
+    ema_decay: float = 0.0
     checkpoint_every: int = 250
     log_every: int = 10
     threads: int = 0  # CPU threads for torch; 0 = every core
@@ -125,7 +130,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} must be {allowed}")
-    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight"):
+    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight", "ema_decay"):
         value = getattr(cfg, name)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if name in FRACTIONS and not (ok and 0 <= value <= 1):
@@ -134,6 +139,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"{name}={value!r} must be a finite number > 0")
         if name in ("kl_weight", "edge_weight") and not (ok and value >= 0):
             raise ValueError(f"{name}={value!r} must be a finite number ≥ 0")
+        if name == "ema_decay" and not (ok and 0 <= value < 1):
+            raise ValueError(f"{name}={value!r} must be a number from 0 (off) up to, not including, 1")
     return cfg
 
 
@@ -279,9 +286,10 @@ def _one_line(error: Exception) -> str:
 
 
 def _run_loop(stage: str, run_dir: Path, modules: dict, optimizer, lr_at_step, steps: int,
-              cfg: TrainConfig, loss_at_step, recipe: dict, acc) -> list:
+              cfg: TrainConfig, loss_at_step, recipe: dict, acc, after_step=None) -> list:
     """The shared training loop: resume, step, log, checkpoint. Returns the loss log.
-    `modules` are the bare models a checkpoint holds, `optimizer` the one `acc` prepared."""
+    `modules` are the bare models a checkpoint holds, `optimizer` the one `acc` prepared;
+    `after_step()` runs after each optimizer step (the weight average's update)."""
     ckpt = run_dir / f"{stage}_state.safetensors"
     start, log = _resume(ckpt, stage, modules, optimizer, recipe)
     for m in modules.values():
@@ -296,6 +304,8 @@ def _run_loop(stage: str, run_dir: Path, modules: dict, optimizer, lr_at_step, s
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         loss = acc.reduce(loss.detach(), "mean").item()  # the whole batch's: every share's mean
         running = loss if running is None else 0.95 * running + 0.05 * loss
         if step % cfg.log_every == 0:
@@ -481,6 +491,18 @@ def caption_table(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict) -> 
     return [*latents["captions"], *chinese, ""]
 
 
+def weight_average(model: torch.nn.Module, decay: float):
+    """An exponential moving average of `model`'s weights (torch's `AveragedModel`), with the
+    warm-up of diffusers' EMAModel: after n updates it keeps min(decay, (1 + n) / (10 + n))."""
+    from torch.optim.swa_utils import AveragedModel
+
+    def average(averaged, current, n):
+        keep = min(decay, (1 + int(n)) / (10 + int(n)))
+        return keep * averaged + (1 - keep) * current
+
+    return AveragedModel(model, avg_fn=average)
+
+
 def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, latents: dict,
                    stage: str = "denoiser", schedule: dict | None = None, start_from=None):
     """Text encoder + UNet from scratch on cached latents: `unet.denoising_loss` (paper Eq. 3,
@@ -502,6 +524,14 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     modules = {"text_encoder": text_encoder, "unet": unet}
+    averages = {}
+    if cfg.ema_decay:
+        averages = {f"ema_{name}": weight_average(m, cfg.ema_decay) for name, m in modules.items()}
+
+    def update_averages():
+        for name, average in averages.items():
+            average.update_parameters(modules[name.removeprefix("ema_")])
+
     text_encoder, unet, optimizer = acc.prepare(text_encoder, unet, optimizer)
     lr_factor = warmup_cosine(cfg.warmup, cfg.unet_steps)
     all_ids = tokenizer(caption_table(cfg, model_cfg, latents), padding="max_length",
@@ -519,9 +549,12 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
     recipe = {**stage_recipes(cfg, model_cfg)["denoiser"],
               "vae_sha256": latents.get("recipe", {}).get("vae_sha256"),
               **({"schedule": schedule} if schedule else {})}
-    log = _run_loop(stage, run_dir, modules, optimizer,
+    log = _run_loop(stage, run_dir, {**modules, **averages}, optimizer,
                     lambda step: cfg.unet_lr * lr_factor(step), cfg.unet_steps, cfg, loss_at_step,
-                    recipe, acc)
+                    recipe, acc, update_averages if averages else None)
+    if averages:
+        return (tokenizer, averages["ema_text_encoder"].module.cpu().eval(),
+                averages["ema_unet"].module.cpu().eval(), log)
     return tokenizer, acc.unwrap_model(text_encoder).cpu(), acc.unwrap_model(unet).cpu(), log
 
 

@@ -31,6 +31,7 @@ from ..preview import latent_rgb_for, project
 from ..prompts import parse_prompt_attention
 from ..samplers import A1111_NAMES, SAMPLERS
 from ..settings import MAX_SEED, GenerationSettings, SettingsError, defaults_for, validate
+from ..tiny_model import speaks_chinese
 from . import render
 from .controls import NumberBox, labelled, paired
 from .img2img import ImagePanel
@@ -199,7 +200,7 @@ class Studio(w.VBox):
             widget.description = t[key]
             if tip:
                 widget.tooltip = t[tip].format(folder=self._tip_folder(name))
-        self.prompt.placeholder, self.negative_prompt.placeholder = t["prompt_placeholder"], t["negative_placeholder"]
+        self._show_placeholders()
         self.networks.language = lang
         self.image_panel.relabel(t)
         if self.model.options:
@@ -211,6 +212,17 @@ class Studio(w.VBox):
             self._show_gallery(self.last_images)
 
     lang = language  # the keyword studio(lang=...) takes
+
+    def _show_placeholders(self) -> None:
+        """The prompt boxes' examples, in the language of the labels if the model reads it:
+        a Chinese example only for a model whose tokenizer speaks Chinese."""
+        t = self.t
+        example = t["example_prompt"]
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        if self._lang != "en" and (tokenizer is None or not speaks_chinese(tokenizer)):
+            example = STRINGS["en"]["example_prompt"] + t["english_only"]
+        self.prompt.placeholder = t["prompt_placeholder"].format(example=example)
+        self.negative_prompt.placeholder = t["negative_placeholder"]
 
     def _tip_folder(self, name: str) -> Path:
         """The folder a tooltip names: the models folder, the VAE folder, or where images are saved."""
@@ -396,6 +408,7 @@ class Studio(w.VBox):
             gc.collect()
             _empty_cuda_cache()
         defaults = self._apply_defaults()
+        self._show_placeholders()
         self._say("loaded", model=label, width=defaults.width, height=defaults.height, cfg=defaults.guidance)
 
     def _apply_defaults(self) -> GenerationSettings:

@@ -27,7 +27,9 @@ STRINGS = {
         "clip_skip_tip": "1 = the text encoder's last layer; 2 = the penultimate (what many anime "
                          "checkpoints want; SDXL ignores it, as A1111 does)",
         "prompt": "Prompt",
-        "prompt_placeholder": "What to draw, e.g. a red circle on the left. (word:1.3) = more weight",
+        "prompt_placeholder": "What to draw, e.g. {example}. (word:1.3) = more weight",
+        "example_prompt": "a red circle on the left",
+        "english_only": "",
         "negative_prompt": "Negative",
         "negative_placeholder": "What to avoid, e.g. (worst quality:2), lowres",
         "show_weights": "Show weights",
@@ -126,7 +128,9 @@ STRINGS = {
         "clip_skip_tip": "1 = 文本编码器的最后一层；2 = 倒数第二层"
                          "（许多动漫检查点需要；SDXL 与 A1111 一样忽略它）",
         "prompt": "提示词",
-        "prompt_placeholder": "要画什么，例如 a red circle on the left。(词:1.3) 表示加大权重",
+        "prompt_placeholder": "要画什么，例如 {example}。(词:1.3) 表示加大权重",
+        "example_prompt": "左边有一个红色的圆形",
+        "english_only": "（这个模型只懂英文）",
         "negative_prompt": "反向提示词",
         "negative_placeholder": "要避免什么，例如 (worst quality:2), lowres",
         "show_weights": "显示权重",

@@ -409,3 +409,20 @@ def test_ema_run_exports_the_average_and_resumes_exactly(tmp_path, monkeypatch):
         T.train(tmp_path / "b", cfg, TOY_MODEL)
     monkeypatch.setattr(T, "save_state", real_save)
     assert_same(params(straight.unet), params(T.train(tmp_path / "b", cfg, TOY_MODEL).unet))
+
+
+def test_chinese_words_can_start_from_their_english_translations():
+    model_cfg = T.TinyLDMConfig(**{**TOY_MODEL.__dict__, "languages": ("en", "zh")})
+    tokenizer = T.build_tokenizer(model_cfg)
+    encoder = T.build_text_encoder(model_cfg, tokenizer)
+    before = encoder.get_input_embeddings().weight.detach().clone()
+    assert T.start_chinese_from_english(encoder, tokenizer) == len(T.world.translations())
+    table = encoder.get_input_embeddings().weight
+    row = tokenizer.convert_tokens_to_ids
+    assert torch.equal(table[row("圆形")], before[row("circle")])
+    assert torch.equal(table[row("左侧")], table[row("左边")])  # synonyms start as one word
+    assert torch.equal(table[row("有")], before[row("有")])  # glue words keep their random start
+    assert torch.equal(table[row("circle")], before[row("circle")])  # English is untouched
+    # every Chinese word of the vocabulary is translated, except the sentence forms' glue
+    chinese = {w for w in T.world.vocabulary(("en", "zh")) if not w.isascii()}
+    assert chinese - set(T.world.translations()) == set(T.world.ZH_GLUE) - {"背景"}

@@ -89,6 +89,10 @@ class TrainConfig:
     unet_lr: float = 1e-3
     warmup: int = 200
     caption_dropout: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
+    # with Chinese captions: each Chinese word's embedding starts as its English translation's
+    # (`world.translations`), as textual inversion starts a new word at an initializer token, so
+    # that the UNet learns each attribute once for both languages instead of once for each
+    chinese_from_english: bool = False
     # exponential moving average of the text encoder's and UNet's weights, exported instead of the
     # last ones (the paper's models use 0.9999); 0 = off. Its first steps average over fewer
     # (decay (1 + n) / (10 + n) after n updates, as diffusers' EMAModel), so it never remembers
@@ -491,6 +495,18 @@ def caption_table(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict) -> 
     return [*latents["captions"], *chinese, ""]
 
 
+def start_chinese_from_english(text_encoder, tokenizer) -> int:
+    """Copy each Chinese content word's token embedding from its English translation's
+    (`world.translations`); returns how many words were set."""
+    table = text_encoder.get_input_embeddings().weight
+    pairs = [(tokenizer.convert_tokens_to_ids(zh), tokenizer.convert_tokens_to_ids(en))
+             for zh, en in world.translations().items()]
+    with torch.no_grad():
+        for zh, en in pairs:
+            table[zh] = table[en]
+    return len(pairs)
+
+
 def weight_average(model: torch.nn.Module, decay: float):
     """An exponential moving average of `model`'s weights (torch's `AveragedModel`), with the
     warm-up of diffusers' EMAModel: after n updates it keeps min(decay, (1 + n) / (10 + n))."""
@@ -519,6 +535,8 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
     if start_from is not None:
         text_encoder.load_state_dict(start_from.text_encoder.state_dict())
         unet.load_state_dict(start_from.unet.state_dict())
+    elif cfg.chinese_from_english and "zh" in model_cfg.languages:
+        start_chinese_from_english(text_encoder, tokenizer)
     alphas_cumprod = NoiseSchedule.from_config(
         scheduler_config(model_cfg, schedule)).alphas_cumprod.to(device)
     params = list(text_encoder.parameters()) + list(unet.parameters())

@@ -110,6 +110,15 @@ def chinese_captions(captions: list[str], seed: int) -> list[str]:
     return [chinese_caption(parse_caption(c), rng) for c in captions]
 
 
+def translations() -> dict[str, str]:
+    """Each Chinese content word → the English word it translates (左边 → left, 大 → large,
+    背景 → background); the glue words of the sentence forms (在 有 一个 的 ，) have none."""
+    pairs = [(zh, en) for table in (BACKGROUNDS_ZH, SHAPES_ZH, SIZES_ZH) for en, entry in table.items()
+             for zh in _words(entry) if zh]
+    pairs += [(zh, phrase.split()[-1]) for phrase, entry in POSITIONS_ZH.items() for zh in entry]
+    return dict(pairs + [("背景", "background")])
+
+
 def vocabulary(languages: tuple[str, ...] = ("en",)) -> list[str]:
     """Every word a caption can contain, in a fixed order: English first, then (with "zh") the
     Chinese words, so that adding Chinese keeps every English word's index."""

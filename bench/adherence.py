@@ -26,7 +26,6 @@ from tutorial_ldm.paths import SHIPPED_MODEL
 from tutorial_ldm.tiny_model import speaks_chinese
 
 
-
 def show(title: str, scores: dict) -> None:
     print(f"{title:<34}" + "  ".join(f"{k} {100 * v:5.1f}%" for k, v in scores.items()))
 
@@ -37,8 +36,29 @@ def vae_round_trip(pipe, scenes) -> np.ndarray:
     return to_images(decode(pipe.vae, encode(pipe.vae, x)))
 
 
+def generated(pipe, language: str, guidance: float, steps: int = 25, variants: int = 2,
+              batch: int = 16, seed: int = 0) -> dict:
+    """Generate the benchmark prompts of `language` with `pipe` (stock DDIM), print the speed and
+    the adherence, and return the adherence."""
+    from diffusers import DDIMScheduler
+
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = metrics.benchmark_prompts(variants, seed=seed, language=language)
+    images, seconds = [], 0.0
+    for i in tqdm(range(0, len(prompts), batch), desc=f"generating ({language})"):
+        start = time.perf_counter()
+        images += generate_batch(pipe, prompts[i:i + batch], guidance, seed=seed + i, steps=steps)
+        seconds += time.perf_counter() - start
+    print(f"{len(prompts)} prompts ({language}), DDIM {steps} steps, guidance "
+          f"{guidance}, batch {batch}: {len(prompts) / seconds:.1f} images/s")
+    scores = metrics.adherence(images, prompts)
+    show(f"generated images ({language}):", scores)
+    return scores
+
+
 def main() -> None:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(SHIPPED_MODEL))
@@ -56,24 +76,13 @@ def main() -> None:
     show("analyzer on rendered images:", metrics.adherence([world.render(s) for s in scenes],
                                                            captions))
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     show("analyzer after the VAE round trip:", metrics.adherence(vae_round_trip(pipe, scenes),
                                                                  captions))
 
     languages = args.languages or ["en"] + ["zh"] * speaks_chinese(pipe.tokenizer)
     for language in languages:
-        prompts = metrics.benchmark_prompts(args.variants, seed=args.seed, language=language)
-        images, seconds = [], 0.0
-        for i in tqdm(range(0, len(prompts), args.batch), desc=f"generating ({language})"):
-            start = time.perf_counter()
-            images += generate_batch(pipe, prompts[i:i + args.batch], args.guidance,
-                                     seed=args.seed + i, steps=args.steps)
-            seconds += time.perf_counter() - start
-        print(f"{len(prompts)} prompts ({language}), DDIM {args.steps} steps, guidance "
-              f"{args.guidance}, batch {args.batch}: {len(prompts) / seconds:.1f} images/s")
-        show(f"generated images ({language}):", metrics.adherence(images, prompts))
-
+        generated(pipe, language, args.guidance, args.steps, args.variants, args.batch, args.seed)
 
 if __name__ == "__main__":
     main()

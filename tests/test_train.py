@@ -93,8 +93,8 @@ def test_batches_are_a_function_of_the_step():
     assert not torch.equal(a[0], c[0])
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, straight):
-    cfg = T.TrainConfig(**TOY)
+def crash_then_resume(run_dir, cfg, monkeypatch):
+    """Train until the first denoiser checkpoint, crash there, then rerun: the resumed pipeline."""
     real_save = T.save_state
 
     def crash_after_first_denoiser_checkpoint(path, step, *args):
@@ -104,9 +104,14 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch,
 
     monkeypatch.setattr(T, "save_state", crash_after_first_denoiser_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        T.train(tmp_path / "b", cfg, TOY_MODEL)
+        T.train(run_dir, cfg, TOY_MODEL)
     monkeypatch.setattr(T, "save_state", real_save)
-    resumed = T.train(tmp_path / "b", cfg, TOY_MODEL)
+    return T.train(run_dir, cfg, TOY_MODEL)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, straight):
+    cfg = T.TrainConfig(**TOY)
+    resumed = crash_then_resume(tmp_path / "b", cfg, monkeypatch)
     assert_same(params(straight.unet), params(resumed.unet))
     # and the crash really cut the run short: step 2 weights differ from the final ones
     early = T.train(tmp_path / "c", T.TrainConfig(**{**TOY, "unet_steps": 2}), TOY_MODEL)
@@ -396,19 +401,7 @@ def test_ema_run_exports_the_average_and_resumes_exactly(tmp_path, monkeypatch):
     exported = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe").unet.state_dict()
     assert all(torch.equal(exported[k], averaged[k]) for k in averaged)  # the average is shipped
     assert any(not torch.equal(last[k], averaged[k]) for k in last)
-
-    real_save = T.save_state
-
-    def crash_after_first_denoiser_checkpoint(path, step, *args):
-        real_save(path, step, *args)
-        if path.name.startswith("denoiser") and step == 2:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(T, "save_state", crash_after_first_denoiser_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(tmp_path / "b", cfg, TOY_MODEL)
-    monkeypatch.setattr(T, "save_state", real_save)
-    assert_same(params(straight.unet), params(T.train(tmp_path / "b", cfg, TOY_MODEL).unet))
+    assert_same(params(straight.unet), params(crash_then_resume(tmp_path / "b", cfg, monkeypatch).unet))
 
 
 def test_chinese_words_can_start_from_their_english_translations():

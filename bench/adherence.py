@@ -84,5 +84,6 @@ def main() -> None:
     for language in languages:
         generated(pipe, language, args.guidance, args.steps, args.variants, args.batch, args.seed)
 
+
 if __name__ == "__main__":
     main()

@@ -30,11 +30,7 @@ from tutorial_ldm.train import TrainConfig, train_denoiser
 
 def settings(pairs: list[str]) -> dict:
     """["unet_steps=12000", "ema_decay=0.999"] → {"unet_steps": 12000, "ema_decay": 0.999}"""
-    out = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        out[name] = json.loads(value) if value else None
-    return out
+    return {name: json.loads(value) for name, _, value in (pair.partition("=") for pair in pairs)}
 
 
 def main() -> None:

@@ -76,7 +76,6 @@ def main() -> None:
     show("analyzer on rendered images:", metrics.adherence([world.render(s) for s in scenes],
                                                            captions))
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
     show("analyzer after the VAE round trip:", metrics.adherence(vae_round_trip(pipe, scenes),
                                                                  captions))
 

@@ -572,8 +572,8 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
                     lambda step: cfg.unet_lr * lr_factor(step), cfg.unet_steps, cfg, loss_at_step,
                     recipe, acc, update_averages if averages else None)
     if averages:
-        return (tokenizer, averages["ema_text_encoder"].module.cpu().eval(),
-                averages["ema_unet"].module.cpu().eval(), log)
+        text_encoder, unet = averages["ema_text_encoder"].module, averages["ema_unet"].module
+        return tokenizer, text_encoder.cpu(), unet.cpu(), log
     return tokenizer, acc.unwrap_model(text_encoder).cpu(), acc.unwrap_model(unet).cpu(), log
 
 

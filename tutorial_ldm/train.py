@@ -89,6 +89,9 @@ class TrainConfig:
     unet_lr: float = 1e-3
     warmup: int = 200
     caption_dropout: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
+    # z0 is a fresh sample of q(z | x) each step, as SD trains; False: the posterior mean, the
+    # latent without the encoder's noise
+    posterior_sample: bool = True
     # with Chinese captions: each Chinese word's embedding starts as its English translation's
     # (`world.translations`), as textual inversion starts a new word at an initializer token, so
     # that the UNet learns each attribute once for both languages instead of once for each
@@ -470,16 +473,17 @@ def measure_scaling_factor(means: torch.Tensor, stds: torch.Tensor, seed: int = 
 def denoiser_batch(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict, step: int,
                    batch: int | None = None):
     """Step `step`'s draw for Eq. 3: (z0, ε, t, caption) for each of `batch` samples (default
-    `cfg.unet_batch`). z0 is a posterior sample, scaled to unit variance; the caption is an index
-    into `caption_table`: the latent's English caption, or (with "zh", half the time) its Chinese
-    one, or -1, the empty prompt (dropout)."""
+    `cfg.unet_batch`). z0 is a posterior sample (with `posterior_sample=False` the mean), scaled
+    to unit variance; the caption is an index into `caption_table`: the latent's English caption,
+    or (with "zh", half the time) its Chinese one, or -1, the empty prompt (dropout)."""
     rng = step_rng(cfg.seed, 2, step)
     gen = step_generator(cfg.seed, 2, step)
     batch = batch or cfg.unet_batch
     means, stds, scale = latents["means"], latents["stds"], latents["scaling_factor"]
     idx = torch.from_numpy(rng.integers(len(means), size=batch))
     dropped = torch.from_numpy(rng.random(batch) < cfg.caption_dropout)
-    z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+    spread = torch.randn(means[idx].shape, generator=gen)  # drawn either way: the same ε and t follow
+    z0 = (means[idx] + stds[idx] * spread if cfg.posterior_sample else means[idx]) * scale
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, model_cfg.num_train_timesteps, (batch,), generator=gen)
     captions = idx

@@ -90,7 +90,7 @@ class TrainConfig:
     warmup: int = 200
     caption_dropout: float = 0.1  # share of captions replaced by "" (classifier-free guidance)
     # z0 is a fresh sample of q(z | x) each step, as SD trains; False: the posterior mean, the
-    # latent without the encoder's noise
+    # latent without the encoder's noise (bench/README.md: 72.2 % shape against 77.8 % with samples)
     posterior_sample: bool = True
     # with Chinese captions: each Chinese word's embedding starts as its English translation's
     # (`world.translations`), as textual inversion starts a new word at an initializer token, so

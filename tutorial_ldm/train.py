@@ -482,8 +482,9 @@ def denoiser_batch(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict, st
     means, stds, scale = latents["means"], latents["stds"], latents["scaling_factor"]
     idx = torch.from_numpy(rng.integers(len(means), size=batch))
     dropped = torch.from_numpy(rng.random(batch) < cfg.caption_dropout)
-    spread = torch.randn(means[idx].shape, generator=gen)  # drawn either way: the same ε and t follow
-    z0 = (means[idx] + stds[idx] * spread if cfg.posterior_sample else means[idx]) * scale
+    mean = means[idx]
+    spread = torch.randn(mean.shape, generator=gen)  # drawn either way: the same ε and t follow
+    z0 = (mean + stds[idx] * spread if cfg.posterior_sample else mean) * scale
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, model_cfg.num_train_timesteps, (batch,), generator=gen)
     captions = idx

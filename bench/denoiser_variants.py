@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--continue-from", type=Path, default=None, help="an exported pipeline")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--variants", type=int, default=2, help="90 prompts per variant")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -73,7 +74,7 @@ def main() -> None:
     for label, p in weights.items():
         print(f"--- {args.out.name}: {label} weights, CFG {args.guidance}")
         for language in model_cfg.languages:
-            generated(p, language, args.guidance)
+            generated(p, language, args.guidance, variants=args.variants)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,23 @@ def test_posterior_mean_batches_keep_the_rest_of_the_draw():
     assert all(torch.equal(x, y) for x, y in zip(sampled[1:], mean[1:]))
 
 
+def test_mid_timesteps_move_only_the_chosen_share_of_t_to_the_middle():
+    """mid_timestep_fraction: that share of the batch's t comes from the logit-normal around
+    T/2; z0, the noise, the captions and the other timesteps are the same draw as without it."""
+    latents = {"means": torch.randn(32, 4, 16, 16), "stds": torch.rand(32, 4, 16, 16) + 0.5,
+               "scaling_factor": 0.5}
+    uniform = T.denoiser_batch(T.TrainConfig(**TOY), TOY_MODEL, latents, step=5, batch=4000)
+    mixed = T.denoiser_batch(T.TrainConfig(**TOY, mid_timestep_fraction=0.5), TOY_MODEL, latents,
+                             step=5, batch=4000)
+    assert all(torch.equal(x, y) for x, y in zip(uniform[:2], mixed[:2]))
+    assert torch.equal(uniform[3], mixed[3])
+    moved = uniform[2] != mixed[2]
+    assert 0.4 < moved.float().mean() < 0.55  # half were redrawn (a few land on the same t)
+    T_ = TOY_MODEL.num_train_timesteps
+    middle = ((mixed[2] >= 0.2 * T_) & (mixed[2] < 0.8 * T_))[moved].float().mean()
+    assert middle > 0.78  # logit-normal: 83 % in the middle 60 % of the range; uniform: 60 %
+    assert 0 <= mixed[2].min() and mixed[2].max() < T_
+
 def crash_then_resume(run_dir, cfg, monkeypatch):
     """Train until the first denoiser checkpoint, crash there, then rerun: the resumed pipeline."""
     real_save = T.save_state
@@ -433,3 +450,20 @@ def test_chinese_words_can_start_from_their_english_translations():
     # every Chinese word of the vocabulary is translated, except the sentence forms' glue
     chinese = {w for w in T.world.vocabulary(("en", "zh")) if not w.isascii()}
     assert chinese - set(T.world.translations()) == set(T.world.ZH_GLUE) - {"背景"}
+
+
+def test_tied_chinese_words_stay_their_english_translations_through_training(tmp_path):
+    """tie_chinese_to_english: after a bilingual run each Chinese word's embedding still equals
+    its translation's, which moved (both were trained, as one token), and glue words moved alone."""
+    model_cfg = T.TinyLDMConfig(**{**TOY_MODEL.__dict__, "languages": ("en", "zh")})
+    cfg = T.TrainConfig(**TOY, tie_chinese_to_english=True)
+    tokenizer = T.build_tokenizer(model_cfg)
+    torch.manual_seed(cfg.seed)
+    start = T.build_text_encoder(model_cfg, tokenizer).get_input_embeddings().weight.detach().clone()
+    pipe = T.train(tmp_path / "run", cfg, model_cfg)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    row = tokenizer.convert_tokens_to_ids
+    for zh, en in T.world.translations().items():
+        assert torch.equal(table[row(zh)], table[row(en)]), (zh, en)
+    assert not torch.equal(table[row("circle")], start[row("circle")])
+    assert not torch.equal(table[row("有")], table[row("a")])

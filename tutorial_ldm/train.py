@@ -92,11 +92,18 @@ class TrainConfig:
     # z0 is a fresh sample of q(z | x) each step, as SD trains; False: the posterior mean, the
     # latent without the encoder's noise (bench/README.md: 72.2 % shape against 77.8 % with samples)
     posterior_sample: bool = True
+    # share of each batch whose t is drawn around the middle of the trajectory instead of
+    # uniformly: t = T·sigmoid(u), u ~ N(0, 1), SD3's logit-normal density (Esser et al. 2024).
+    # The middle (t ≈ 400-600) is where a blob's corners are drawn (bench/shape_by_noise_level.py)
+    mid_timestep_fraction: float = 0.0
     # with Chinese captions: each Chinese word's embedding starts as its English translation's
     # (`world.translations`), as textual inversion starts a new word at an initializer token, so
     # that the UNet learns each attribute once for both languages instead of once for each
     # (bench/README.md: 77.8 % shape after 8,000 steps, 51 % from random Chinese embeddings)
     chinese_from_english: bool = True
+    # with Chinese captions: each Chinese word and its English translation share one embedding
+    # for the whole run (their gradients summed), as if they were one token; implies the start above
+    tie_chinese_to_english: bool = False
     # exponential moving average of the text encoder's and UNet's weights, exported instead of the
     # last ones (the paper's models use 0.9999); 0 = off. Its first steps average over fewer
     # (decay (1 + n) / (10 + n) after n updates, as diffusers' EMAModel), so it never remembers
@@ -127,7 +134,7 @@ INTEGER_BOUNDS = {
     "log_every": (1, "an integer ≥ 1"),
     "threads": (0, "an integer ≥ 0 (0: every core)"),
 }
-FRACTIONS = ("photo_fraction", "caption_dropout", "hard_fraction")
+FRACTIONS = ("photo_fraction", "caption_dropout", "hard_fraction", "mid_timestep_fraction")
 POSITIVE = ("vae_lr", "unet_lr")
 
 
@@ -490,6 +497,10 @@ def denoiser_batch(cfg: TrainConfig, model_cfg: TinyLDMConfig, latents: dict, st
     captions = idx
     if "zh" in model_cfg.languages:
         captions = idx + len(means) * torch.from_numpy(rng.random(batch) < 0.5)
+    if cfg.mid_timestep_fraction:  # drawn last, so that every other draw stays as without it
+        mid = (torch.sigmoid(torch.randn(batch, generator=gen)) * model_cfg.num_train_timesteps).long()
+        chosen = torch.from_numpy(rng.random(batch) < cfg.mid_timestep_fraction)
+        t = torch.where(chosen, mid.clamp(max=model_cfg.num_train_timesteps - 1), t)
     return z0, noise, t, torch.where(dropped, -1, captions)
 
 
@@ -511,6 +522,22 @@ def start_chinese_from_english(text_encoder, tokenizer) -> int:
         for zh, en in pairs:
             table[zh] = table[en]
     return len(pairs)
+
+
+def tie_chinese_to_english(text_encoder, tokenizer) -> None:
+    """Make each Chinese word's token embedding move with its English translation's: the rows
+    start equal (`start_chinese_from_english`) and every gradient is summed over each group of
+    tied rows, so that AdamW gives them the same update and they stay equal."""
+    table = text_encoder.get_input_embeddings().weight
+    start_chinese_from_english(text_encoder, tokenizer)
+    group = torch.arange(len(table))
+    for zh, en in world.translations().items():
+        group[tokenizer.convert_tokens_to_ids(zh)] = tokenizer.convert_tokens_to_ids(en)
+
+    def summed_over_groups(grad):
+        return torch.zeros_like(grad).index_add_(0, group.to(grad.device), grad)[group.to(grad.device)]
+
+    table.register_hook(summed_over_groups)
 
 
 def weight_average(model: torch.nn.Module, decay: float):
@@ -541,6 +568,8 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
     if start_from is not None:
         text_encoder.load_state_dict(start_from.text_encoder.state_dict())
         unet.load_state_dict(start_from.unet.state_dict())
+    elif cfg.tie_chinese_to_english and "zh" in model_cfg.languages:
+        tie_chinese_to_english(text_encoder, tokenizer)
     elif cfg.chinese_from_english and "zh" in model_cfg.languages:
         start_chinese_from_english(text_encoder, tokenizer)
     alphas_cumprod = NoiseSchedule.from_config(

@@ -124,6 +124,7 @@ def test_mid_timesteps_move_only_the_chosen_share_of_t_to_the_middle():
     assert middle > 0.78  # logit-normal: 83 % in the middle 60 % of the range; uniform: 60 %
     assert 0 <= mixed[2].min() and mixed[2].max() < T_
 
+
 def crash_then_resume(run_dir, cfg, monkeypatch):
     """Train until the first denoiser checkpoint, crash there, then rerun: the resumed pipeline."""
     real_save = T.save_state

@@ -25,7 +25,8 @@ from torch import nn
 
 from autoencoder_variants import round_trip_scores
 from tutorial_ldm.paths import SHIPPED_MODEL
-from tutorial_ldm.train import TrainConfig, autoencoder_batch, photo_bank, step_generator, warmup_cosine
+from tutorial_ldm.train import (AutoencoderPass, TrainConfig, autoencoder_batch, photo_bank,
+                                reconstruction_loss, step_generator, warmup_cosine)
 
 SEED = 13  # the fine-tune's own batches, not stage 1's
 
@@ -62,6 +63,8 @@ def main() -> None:
     schedule = warmup_cosine(50, args.steps)
     cfg = TrainConfig(seed=SEED, hard_fraction=args.hard)
     photos = photo_bank("cpu")
+    autoencoder_pass = AutoencoderPass(vae)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)  # the downsampling factor
     last_layer = vae.decoder.conv_out.weight
     for step in range(args.steps):
         for group in optimizer.param_groups:
@@ -69,16 +72,15 @@ def main() -> None:
         for group in disc_optimizer.param_groups:
             group["lr"] = args.disc_lr * schedule(step)
         x, _ = autoencoder_batch(cfg, step, photos, "cpu")
-        posterior = vae.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=step_generator(SEED, 1, step))
-        recon = vae.decode(posterior.mean + posterior.std * noise).sample
-        error = (recon - x).flatten(1)
-        reconstruction = (error.abs().mean(1) + error.pow(2).mean(1)).mean()
+        noise = torch.randn((len(x), vae.config.latent_channels, x.shape[-2] // f, x.shape[-1] // f),
+                            generator=step_generator(SEED, 1, step))
+        recon, kl = autoencoder_pass(x, noise)
+        reconstruction = reconstruction_loss(recon, x).mean()
         generator_loss = -disc(recon).mean()
         grad_rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0].norm()
         grad_gen = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)[0].norm()
         weight = (grad_rec / (grad_gen + 1e-4)).clamp(0, 1e4).detach() * args.weight
-        loss = reconstruction + weight * generator_loss + 1e-6 * posterior.kl().mean()
+        loss = reconstruction + weight * generator_loss + cfg.kl_weight * kl.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -400,6 +400,12 @@ def edge_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             + F.l1_loss(recon.diff(dim=-2), x.diff(dim=-2)))
 
 
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Stage 1's pixel loss, L1 + MSE, one value per image."""
+    error = (recon - x).flatten(1)
+    return error.abs().mean(1) + error.pow(2).mean(1)
+
+
 class AutoencoderPass(torch.nn.Module):
     """The autoencoder's training pass as one `forward`: encode, sample z = μ + σ·ε, decode.
     (A model's gradients are averaged between processes for what its `forward` computed, so
@@ -440,9 +446,7 @@ def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path,
         with acc.split_between_processes({"x": x, "weights": weights, "noise": noise}) as mine:
             x, weights = mine["x"], mine["weights"]
             recon, kl = autoencoder_pass(x, mine["noise"].to(device))
-        error = (recon - x).flatten(1)
-        per_image = error.abs().mean(1) + error.pow(2).mean(1)  # L1 + MSE
-        loss = (weights * per_image).mean() + cfg.kl_weight * kl.mean()
+        loss = (weights * reconstruction_loss(recon, x)).mean() + cfg.kl_weight * kl.mean()
         if cfg.edge_weight:
             loss = loss + cfg.edge_weight * edge_loss(recon, x)
         return loss

@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--disc-lr", type=float, default=1e-3)
     parser.add_argument("--weight", type=float, default=1.0, help="times the adaptive weight")
     parser.add_argument("--hard", type=float, default=0.5, help="TrainConfig.hard_fraction")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="freeze the encoder, so that the latents (and a denoiser trained on "
+                             "them) stay the shipped autoencoder's")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -58,7 +61,11 @@ def main() -> None:
     vae = AutoencoderKL.from_pretrained(SHIPPED_MODEL / "vae")
     torch.manual_seed(0)
     disc = patch_discriminator()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=args.lr,
+                                 betas=(0.5, 0.9))
     disc_optimizer = torch.optim.Adam(disc.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))
     schedule = warmup_cosine(50, args.steps)
     cfg = TrainConfig(seed=SEED, hard_fraction=args.hard)

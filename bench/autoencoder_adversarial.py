@@ -2,6 +2,7 @@
 autoencoder fine-tuned with a patch discriminator, then the analyzer after the round trip.
 
     python bench/autoencoder_adversarial.py --steps 600 --weight 1 --disc-lr 1e-3 --hard 0.5 --out runs/vae-adversarial
+    python bench/autoencoder_adversarial.py --decoder-only --steps 1200 --out runs/decoder-adversarial
 
 The LDM paper trains its autoencoders "with a combination of a perceptual loss and a patch-based
 adversarial objective" (Rombach et al. 2022, Sec. 3.1, after VQGAN: Esser et al. 2021), so that

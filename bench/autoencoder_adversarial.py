@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoencoder_variants import round_trip_scores
+from tutorial_ldm.autoencoder import downsampling_factor
 from tutorial_ldm.paths import SHIPPED_MODEL
 from tutorial_ldm.train import (AutoencoderPass, TrainConfig, autoencoder_batch, photo_bank,
                                 reconstruction_loss, step_generator, warmup_cosine)
@@ -72,7 +73,7 @@ def main() -> None:
     cfg = TrainConfig(seed=SEED, hard_fraction=args.hard)
     photos = photo_bank("cpu")
     autoencoder_pass = AutoencoderPass(vae)
-    f = 2 ** (len(vae.config.block_out_channels) - 1)  # the downsampling factor
+    f = downsampling_factor(vae)
     last_layer = vae.decoder.conv_out.weight
     for step in range(args.steps):
         for group in optimizer.param_groups:

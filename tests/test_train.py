@@ -125,6 +125,35 @@ def test_mid_timesteps_move_only_the_chosen_share_of_t_to_the_middle():
     assert 0 <= mixed[2].min() and mixed[2].max() < T_
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error(prediction_type):
+    """Hang et al.'s weighting is defined on the error of the implied x0: the weighted loss of
+    either target must equal min(SNR_t, γ) · ‖x̂0 − x0‖², whatever the prediction."""
+    schedule = NoiseSchedule.from_config(scheduler_config(TOY_MODEL))
+    abar = schedule.alphas_cumprod
+    t = torch.tensor([0, 50, 200, 500, 800, 990])
+    a, s = abar[t].sqrt().view(-1, 1), (1 - abar[t]).sqrt().view(-1, 1)
+    z0, noise, guess = torch.randn(6, 16), torch.randn(6, 16), torch.randn(6, 16)
+    z_t = a * z0 + s * noise
+    if prediction_type == "v_prediction":
+        target, x0_hat = a * noise - s * z0, a * z_t - s * guess
+    else:
+        target, x0_hat = noise, (z_t - s * guess) / a
+    snr = abar[t] / (1 - abar[t])
+    weighted = T.min_snr_weight(schedule, t, 5.0, prediction_type) * (guess - target).pow(2).mean(1)
+    torch.testing.assert_close(weighted, snr.clamp(max=5.0) * (x0_hat - z0).pow(2).mean(1),
+                               rtol=1e-4, atol=1e-6)
+    last = T.min_snr_weight(schedule, torch.tensor([999]), 5.0, prediction_type)  # zero SNR
+    assert torch.isfinite(last).all() and last.item() == (0.0 if prediction_type == "v_prediction" else 1.0)
+
+
+def test_min_snr_changes_the_denoiser_and_nothing_before_it(tmp_path):
+    plain = T.train(tmp_path / "a", T.TrainConfig(**TOY), TOY_MODEL)
+    weighted = T.train(tmp_path / "b", T.TrainConfig(**TOY, snr_gamma=5.0), TOY_MODEL)
+    assert_same(params(plain.vae), params(weighted.vae))
+    assert any(not torch.equal(x, y) for x, y in zip(params(plain.unet), params(weighted.unet)))
+
+
 def crash_then_resume(run_dir, cfg, monkeypatch):
     """Train until the first denoiser checkpoint, crash there, then rerun: the resumed pipeline."""
     real_save = T.save_state
@@ -223,6 +252,7 @@ def test_settings_that_do_not_change_the_result_do_not_redo_anything(tmp_path, c
     ("seed", -1, "an integer ≥ 0"), ("vae_steps", 2.5, "an integer ≥ 1"),
     ("caption_dropout", 1.5, "a number from 0 to 1"), ("unet_lr", float("nan"), "a finite number > 0"),
     ("ema_decay", 1.0, "a number from 0 (off) up to, not including, 1"),
+    ("snr_gamma", -1.0, "a finite number ≥ 0"),
 ])
 def test_bad_config_names_field_value_and_what_is_allowed(tmp_path, field, value, allowed):
     cfg = T.TrainConfig(**{**TOY, field: value})

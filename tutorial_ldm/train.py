@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -97,6 +98,10 @@ class TrainConfig:
     # The middle (t ≈ 400-600) is where a blob's corners are drawn (bench/shape_by_noise_level.py),
     # but half of t there taught no more shape (bench/README.md, fourth round)
     mid_timestep_fraction: float = 0.0
+    # Min-SNR-γ loss weighting (Hang et al. 2023, diffusers' `--snr_gamma`): each sample's loss
+    # weighed by min(SNR_t, γ) / (SNR_t + 1) for v-prediction, so that the nearly noise-free
+    # steps, which dominate the plain loss, no longer crowd out the rest; 0 = off (plain loss)
+    snr_gamma: float = 0.0
     # with Chinese captions: each Chinese word's embedding starts as its English translation's
     # (`world.translations`), as textual inversion starts a new word at an initializer token, so
     # that the UNet learns each attribute once for both languages instead of once for each
@@ -147,14 +152,14 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} must be {allowed}")
-    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight", "ema_decay"):
+    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight", "ema_decay", "snr_gamma"):
         value = getattr(cfg, name)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if name in FRACTIONS and not (ok and 0 <= value <= 1):
             raise ValueError(f"{name}={value!r} must be a number from 0 to 1")
         if name in POSITIVE and not (ok and value > 0):
             raise ValueError(f"{name}={value!r} must be a finite number > 0")
-        if name in ("kl_weight", "edge_weight") and not (ok and value >= 0):
+        if name in ("kl_weight", "edge_weight", "snr_gamma") and not (ok and value >= 0):
             raise ValueError(f"{name}={value!r} must be a finite number ≥ 0")
         if name == "ema_decay" and not (ok and 0 <= value < 1):
             raise ValueError(f"{name}={value!r} must be a number from 0 (off) up to, not including, 1")
@@ -547,6 +552,18 @@ def tie_chinese_to_english(text_encoder, tokenizer) -> None:
     table.register_hook(summed_over_groups)
 
 
+def min_snr_weight(noise_schedule, t: torch.Tensor, gamma: float,
+                   prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ (Hang et al. 2023): the weight min(SNR_t, γ) on the x0 error, expressed for the
+    loss actually trained: ÷ (SNR_t + 1) for a v target, ÷ SNR_t for an ε target (as diffusers'
+    training scripts do). At zero terminal SNR the v weight is 0 at t = T; the ε one is written
+    min(γ / SNR_t, 1), its limit, so that it stays 1 there instead of 0 / 0."""
+    snr = compute_snr(noise_schedule, t.cpu()).to(t.device)
+    if prediction_type == "v_prediction":
+        return snr.clamp(max=gamma) / (snr + 1)
+    return (gamma / snr).clamp(max=1)
+
+
 def weight_average(model: torch.nn.Module, decay: float):
     """An exponential moving average of `model`'s weights (torch's `AveragedModel`), with the
     warm-up of diffusers' EMAModel: after n updates it keeps min(decay, (1 + n) / (10 + n))."""
@@ -579,8 +596,8 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
         tie_chinese_to_english(text_encoder, tokenizer)
     elif cfg.chinese_from_english and "zh" in model_cfg.languages:
         start_chinese_from_english(text_encoder, tokenizer)
-    alphas_cumprod = NoiseSchedule.from_config(
-        scheduler_config(model_cfg, schedule)).alphas_cumprod.to(device)
+    noise_schedule = NoiseSchedule.from_config(scheduler_config(model_cfg, schedule))
+    alphas_cumprod = noise_schedule.alphas_cumprod.to(device)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     modules = {"text_encoder": text_encoder, "unet": unet}
@@ -602,9 +619,13 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
         draw = denoiser_batch(cfg, model_cfg, latents, step, cfg.unet_batch * acc.num_processes)
         with acc.split_between_processes(dict(zip(("z0", "noise", "t", "captions"), draw))) as mine:
             context = text_encoder(all_ids[mine["captions"]].to(device))[0]
-            return denoising_loss(unet, mine["z0"].to(device), mine["t"].to(device),
-                                  mine["noise"].to(device), context, alphas_cumprod,
-                                  model_cfg.prediction_type).mean()
+            t = mine["t"].to(device)
+            losses = denoising_loss(unet, mine["z0"].to(device), t, mine["noise"].to(device),
+                                    context, alphas_cumprod, model_cfg.prediction_type)
+            if cfg.snr_gamma:
+                losses = losses * min_snr_weight(noise_schedule, t, cfg.snr_gamma,
+                                                 model_cfg.prediction_type)
+            return losses.mean()
 
     recipe = {**stage_recipes(cfg, model_cfg)["denoiser"],
               "vae_sha256": latents.get("recipe", {}).get("vae_sha256"),

@@ -83,7 +83,7 @@ def main() -> None:
         x, _ = autoencoder_batch(cfg, step, photos, "cpu")
         noise = torch.randn((len(x), vae.config.latent_channels, x.shape[-2] // f, x.shape[-1] // f),
                             generator=step_generator(SEED, 1, step))
-        recon, kl = autoencoder_pass(x, noise)
+        recon, kl, _ = autoencoder_pass(x, noise)
         reconstruction = reconstruction_loss(recon, x).mean()
         generator_loss = -disc(recon).mean()
         grad_rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0].norm()

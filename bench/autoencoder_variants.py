@@ -45,6 +45,7 @@ VARIANTS = {
     "latent8": ({}, {"latent_channels": 8}),
     "latent8+hard": ({"hard_fraction": 0.5}, {"latent_channels": 8}),
     "hard1": ({"hard_fraction": 1.0}, {}),
+    "eq": ({"equivariance_weight": 1.0}, {}),
     "hard1+contrast+edge4": ({"hard_fraction": 1.0, "contrast_weighting": True,
                               "edge_weight": 4.0}, {}),
 }

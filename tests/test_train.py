@@ -154,6 +154,27 @@ def test_min_snr_changes_the_denoiser_and_nothing_before_it(tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(params(plain.unet), params(weighted.unet)))
 
 
+def test_spatial_transforms_are_the_seven_non_identities_applied_alike_to_any_size():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    drawn = set()
+    for step in range(200):
+        transform = T.draw_spatial_transform(T.TrainConfig(**TOY), step)
+        y = transform(x)
+        drawn.add((y.shape[-1], tuple(y[0, 0, 0, :2].tolist())))  # size and top-left corner
+    assert len(drawn) == 7 and (8, (0.0, 1.0)) not in drawn  # 4 rotations × {whole, halved}, less x
+    half = T.spatial_transform(1, True)(x)
+    torch.testing.assert_close(half, F.avg_pool2d(torch.rot90(x, 1, dims=(2, 3)), 2))
+    assert T.spatial_transform(1, True)(torch.zeros(1, 4, 16, 16)).shape[-2:] == (8, 8)
+
+
+def test_equivariance_term_trains_the_autoencoder_and_only_when_asked(tmp_path):
+    plain = T.train(tmp_path / "a", T.TrainConfig(**TOY), TOY_MODEL)
+    eq = T.train(tmp_path / "b", T.TrainConfig(**TOY, equivariance_weight=1.0), TOY_MODEL)
+    assert any(not torch.equal(x, y) for x, y in zip(params(plain.vae), params(eq.vae)))
+    off = T.train(tmp_path / "c", T.TrainConfig(**TOY, equivariance_weight=0.0), TOY_MODEL)
+    assert_same(params(plain.vae), params(off.vae))
+
+
 def crash_then_resume(run_dir, cfg, monkeypatch):
     """Train until the first denoiser checkpoint, crash there, then rerun: the resumed pipeline."""
     real_save = T.save_state
@@ -253,6 +274,7 @@ def test_settings_that_do_not_change_the_result_do_not_redo_anything(tmp_path, c
     ("caption_dropout", 1.5, "a number from 0 to 1"), ("unet_lr", float("nan"), "a finite number > 0"),
     ("ema_decay", 1.0, "a number from 0 (off) up to, not including, 1"),
     ("snr_gamma", -1.0, "a finite number ≥ 0"),
+    ("equivariance_weight", float("inf"), "a finite number ≥ 0"),
 ])
 def test_bad_config_names_field_value_and_what_is_allowed(tmp_path, field, value, allowed):
     cfg = T.TrainConfig(**{**TOY, field: value})

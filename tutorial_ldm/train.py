@@ -82,6 +82,11 @@ class TrainConfig:
     # share of the world scenes in each autoencoder batch redrawn as hard cases: small (16 px)
     # shapes on a coloured or black background, the scenes whose round trip loses their shape
     hard_fraction: float = 0.0
+    # EQ-VAE (Kouzelis et al. 2025): weight of a second reconstruction each step, of the images
+    # rotated by a multiple of 90° and/or halved, decoded from their latents transformed alike, so
+    # that the latent space follows the image's geometry, which the paper finds makes it easier
+    # for the denoiser to learn; 0 = off
+    equivariance_weight: float = 0.0
     # latents cached from the frozen autoencoder
     n_latents: int = 24_000
     # stage 2: text encoder + UNet
@@ -125,7 +130,7 @@ class TrainConfig:
 # configs belongs to the denoiser. These settings change how a run goes, not what it makes.
 NOT_RECIPE = ("checkpoint_every", "log_every", "threads")
 AUTOENCODER_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "photo_fraction",
-                      "edge_weight", "contrast_weighting", "hard_fraction", "vae_channels", "vae_layers_per_block", "latent_channels")
+                      "edge_weight", "contrast_weighting", "hard_fraction", "equivariance_weight", "vae_channels", "vae_layers_per_block", "latent_channels")
 LATENT_FIELDS = ("n_latents",)
 
 # field -> (smallest allowed value, what is allowed): one home for the recipe's bounds
@@ -152,14 +157,14 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} must be {allowed}")
-    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight", "ema_decay", "snr_gamma"):
+    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight", "equivariance_weight", "ema_decay", "snr_gamma"):
         value = getattr(cfg, name)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if name in FRACTIONS and not (ok and 0 <= value <= 1):
             raise ValueError(f"{name}={value!r} must be a number from 0 to 1")
         if name in POSITIVE and not (ok and value > 0):
             raise ValueError(f"{name}={value!r} must be a finite number > 0")
-        if name in ("kl_weight", "edge_weight", "snr_gamma") and not (ok and value >= 0):
+        if name in ("kl_weight", "edge_weight", "equivariance_weight", "snr_gamma") and not (ok and value >= 0):
             raise ValueError(f"{name}={value!r} must be a finite number ≥ 0")
         if name == "ema_decay" and not (ok and 0 <= value < 1):
             raise ValueError(f"{name}={value!r} must be a number from 0 (off) up to, not including, 1")
@@ -411,19 +416,39 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return error.abs().mean(1) + error.pow(2).mean(1)
 
 
+def spatial_transform(rotations: int, halve: bool):
+    """τ for EQ-VAE: a rotation by `rotations` × 90°, then with `halve` a 2 × 2 average pool,
+    the same function for images and latents (f = 4 either way: a halved 64 × 64 image is the
+    size the decoder draws from a halved 16 × 16 latent)."""
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        t = torch.rot90(t, rotations, dims=(-2, -1))
+        return F.avg_pool2d(t, 2) if halve else t
+    return apply
+
+
+def draw_spatial_transform(cfg: TrainConfig, step: int):
+    """Step `step`'s τ, one of the seven that are not the identity (its own random stream, so
+    that every other draw of the step is the same as without it)."""
+    rotations, halve = divmod(int(step_rng(cfg.seed, 3, step).integers(1, 8)), 2)
+    return spatial_transform(rotations, bool(halve))
+
+
 class AutoencoderPass(torch.nn.Module):
     """The autoencoder's training pass as one `forward`: encode, sample z = μ + σ·ε, decode.
     (A model's gradients are averaged between processes for what its `forward` computed, so
-    encode and decode go through one.) Returns the reconstruction and each image's KL term."""
+    encode and decode go through one.) Returns the reconstruction, each image's KL term, and
+    with `transform` also D(τ(z)), what EQ-VAE compares with τ(x) (else None)."""
 
     def __init__(self, vae):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor):
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, transform=None):
         posterior = self.vae.encode(x).latent_dist
-        recon = self.vae.decode(posterior.mean + posterior.std * noise).sample
-        return recon, posterior.kl()  # KL summed over latent elements, one per image
+        z = posterior.mean + posterior.std * noise
+        recon = self.vae.decode(z).sample
+        transformed = None if transform is None else self.vae.decode(transform(z)).sample
+        return recon, posterior.kl(), transformed  # KL summed over latent elements, one per image
 
 
 def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, start_from=None,
@@ -450,10 +475,14 @@ def train_autoencoder(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path,
         noise = torch.randn((len(x), *latent_shape), generator=step_generator(cfg.seed, 1, step))
         with acc.split_between_processes({"x": x, "weights": weights, "noise": noise}) as mine:
             x, weights = mine["x"], mine["weights"]
-            recon, kl = autoencoder_pass(x, mine["noise"].to(device))
+            transform = draw_spatial_transform(cfg, step) if cfg.equivariance_weight else None
+            recon, kl, transformed = autoencoder_pass(x, mine["noise"].to(device), transform)
         loss = (weights * reconstruction_loss(recon, x)).mean() + cfg.kl_weight * kl.mean()
         if cfg.edge_weight:
             loss = loss + cfg.edge_weight * edge_loss(recon, x)
+        if transformed is not None:
+            loss = loss + cfg.equivariance_weight * (
+                weights * reconstruction_loss(transformed, transform(x))).mean()
         return loss
 
     log = _run_loop("autoencoder", run_dir, {"vae": vae}, optimizer,

@@ -104,8 +104,8 @@ class TrainConfig:
     # but half of t there taught no more shape (bench/README.md, fourth round)
     mid_timestep_fraction: float = 0.0
     # Min-SNR-γ loss weighting (Hang et al. 2023, diffusers' `--snr_gamma`): each sample's loss
-    # weighed by min(SNR_t, γ) / (SNR_t + 1) for v-prediction, so that the nearly noise-free
-    # steps, which dominate the plain loss, no longer crowd out the rest; 0 = off (plain loss)
+    # weighed by min(SNR_t, γ) / (SNR_t + 1) for v-prediction: the plain loss weighs the picture's
+    # error by SNR_t + 1, most on the nearly noise-free steps; 0 = off (plain loss)
     snr_gamma: float = 0.0
     # with Chinese captions: each Chinese word's embedding starts as its English translation's
     # (`world.translations`), as textual inversion starts a new word at an initializer token, so
@@ -130,7 +130,8 @@ class TrainConfig:
 # configs belongs to the denoiser. These settings change how a run goes, not what it makes.
 NOT_RECIPE = ("checkpoint_every", "log_every", "threads")
 AUTOENCODER_FIELDS = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "photo_fraction",
-                      "edge_weight", "contrast_weighting", "hard_fraction", "equivariance_weight", "vae_channels", "vae_layers_per_block", "latent_channels")
+                      "edge_weight", "contrast_weighting", "hard_fraction", "equivariance_weight",
+                      "vae_channels", "vae_layers_per_block", "latent_channels")
 LATENT_FIELDS = ("n_latents",)
 
 # field -> (smallest allowed value, what is allowed): one home for the recipe's bounds
@@ -148,6 +149,7 @@ INTEGER_BOUNDS = {
 }
 FRACTIONS = ("photo_fraction", "caption_dropout", "hard_fraction", "mid_timestep_fraction")
 POSITIVE = ("vae_lr", "unet_lr")
+NON_NEGATIVE = ("kl_weight", "edge_weight", "equivariance_weight", "snr_gamma")
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -157,14 +159,14 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} must be {allowed}")
-    for name in (*FRACTIONS, *POSITIVE, "kl_weight", "edge_weight", "equivariance_weight", "ema_decay", "snr_gamma"):
+    for name in (*FRACTIONS, *POSITIVE, *NON_NEGATIVE, "ema_decay"):
         value = getattr(cfg, name)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if name in FRACTIONS and not (ok and 0 <= value <= 1):
             raise ValueError(f"{name}={value!r} must be a number from 0 to 1")
         if name in POSITIVE and not (ok and value > 0):
             raise ValueError(f"{name}={value!r} must be a finite number > 0")
-        if name in ("kl_weight", "edge_weight", "equivariance_weight", "snr_gamma") and not (ok and value >= 0):
+        if name in NON_NEGATIVE and not (ok and value >= 0):
             raise ValueError(f"{name}={value!r} must be a finite number ≥ 0")
         if name == "ema_decay" and not (ok and 0 <= value < 1):
             raise ValueError(f"{name}={value!r} must be a number from 0 (off) up to, not including, 1")

@@ -147,6 +147,31 @@ def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error(prediction_type):
     assert torch.isfinite(last).all() and last.item() == (0.0 if prediction_type == "v_prediction" else 1.0)
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_capped_weight_caps_the_plain_losss_weight_on_the_x0_error(prediction_type):
+    """The plain loss weighs the x0 error by SNR + 1 (v) or SNR (ε); capped, by min(that, cap):
+    the same as Min-SNR for ε, and for v full weight where the image is mostly noise."""
+    schedule = NoiseSchedule.from_config(scheduler_config(TOY_MODEL))
+    abar = schedule.alphas_cumprod
+    t = torch.tensor([0, 50, 200, 500, 800, 990])
+    a, s = abar[t].sqrt().view(-1, 1), (1 - abar[t]).sqrt().view(-1, 1)
+    z0, noise, guess = torch.randn(6, 16), torch.randn(6, 16), torch.randn(6, 16)
+    z_t = a * z0 + s * noise
+    snr = abar[t] / (1 - abar[t])
+    if prediction_type == "v_prediction":
+        target, x0_hat, plain = a * noise - s * z0, a * z_t - s * guess, snr + 1
+    else:
+        target, x0_hat, plain = noise, (z_t - s * guess) / a, snr
+    weighted = T.capped_weight(schedule, t, 5.0, prediction_type) * (guess - target).pow(2).mean(1)
+    torch.testing.assert_close(weighted, plain.clamp(max=5.0) * (x0_hat - z0).pow(2).mean(1),
+                               rtol=1e-4, atol=1e-6)
+    if prediction_type == "epsilon":
+        torch.testing.assert_close(T.capped_weight(schedule, t, 5.0, "epsilon"),
+                                   T.min_snr_weight(schedule, t, 5.0, "epsilon"))
+    else:
+        assert T.capped_weight(schedule, torch.tensor([999]), 5.0, prediction_type).item() == 1.0
+
+
 def test_min_snr_changes_the_denoiser_and_nothing_before_it(tmp_path):
     plain = T.train(tmp_path / "a", T.TrainConfig(**TOY), TOY_MODEL)
     weighted = T.train(tmp_path / "b", T.TrainConfig(**TOY, snr_gamma=5.0), TOY_MODEL)
@@ -275,6 +300,7 @@ def test_settings_that_do_not_change_the_result_do_not_redo_anything(tmp_path, c
     ("ema_decay", 1.0, "a number from 0 (off) up to, not including, 1"),
     ("snr_gamma", -1.0, "a finite number ≥ 0"),
     ("equivariance_weight", float("inf"), "a finite number ≥ 0"),
+    ("loss_weight_cap", -5, "a finite number ≥ 0"),
 ])
 def test_bad_config_names_field_value_and_what_is_allowed(tmp_path, field, value, allowed):
     cfg = T.TrainConfig(**{**TOY, field: value})

@@ -107,6 +107,11 @@ class TrainConfig:
     # weighed by min(SNR_t, γ) / (SNR_t + 1) for v-prediction: the plain loss weighs the picture's
     # error by SNR_t + 1, most on the nearly noise-free steps; 0 = off (plain loss)
     snr_gamma: float = 0.0
+    # a cap on the weight the plain loss already gives the picture's error (SNR_t + 1 for a v
+    # target, SNR_t for ε): each sample's loss × min(1, cap / that weight). The nearly noise-free
+    # steps are weighed down as by Min-SNR, while the noisy ones, where the layout is decided, keep
+    # theirs (Min-SNR's v weight falls to 0 there: bench/README.md, sixth round); 0 = off
+    loss_weight_cap: float = 0.0
     # with Chinese captions: each Chinese word's embedding starts as its English translation's
     # (`world.translations`), as textual inversion starts a new word at an initializer token, so
     # that the UNet learns each attribute once for both languages instead of once for each
@@ -149,7 +154,7 @@ INTEGER_BOUNDS = {
 }
 FRACTIONS = ("photo_fraction", "caption_dropout", "hard_fraction", "mid_timestep_fraction")
 POSITIVE = ("vae_lr", "unet_lr")
-NON_NEGATIVE = ("kl_weight", "edge_weight", "equivariance_weight", "snr_gamma")
+NON_NEGATIVE = ("kl_weight", "edge_weight", "equivariance_weight", "snr_gamma", "loss_weight_cap")
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -595,6 +600,17 @@ def min_snr_weight(noise_schedule, t: torch.Tensor, gamma: float,
     return (gamma / snr).clamp(max=1)
 
 
+def capped_weight(noise_schedule, t: torch.Tensor, cap: float,
+                  prediction_type: str) -> torch.Tensor:
+    """min(1, cap / w_t), where w_t is the weight the plain loss puts on the x0 error (SNR_t + 1
+    for v, SNR_t for ε): the x0 error is then weighed by min(w_t, cap). For ε this is Min-SNR-γ
+    with γ = cap. For v they differ where SNR_t + 1 < cap: Min-SNR's weight there is
+    SNR_t / (SNR_t + 1), down to 0 at t = T, and this one stays 1."""
+    snr = compute_snr(noise_schedule, t.cpu()).to(t.device)
+    plain = snr + 1 if prediction_type == "v_prediction" else snr
+    return (cap / plain).clamp(max=1)
+
+
 def weight_average(model: torch.nn.Module, decay: float):
     """An exponential moving average of `model`'s weights (torch's `AveragedModel`), with the
     warm-up of diffusers' EMAModel: after n updates it keeps min(decay, (1 + n) / (10 + n))."""
@@ -656,6 +672,9 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
             if cfg.snr_gamma:
                 losses = losses * min_snr_weight(noise_schedule, t, cfg.snr_gamma,
                                                  model_cfg.prediction_type)
+            if cfg.loss_weight_cap:
+                losses = losses * capped_weight(noise_schedule, t, cfg.loss_weight_cap,
+                                                model_cfg.prediction_type)
             return losses.mean()
 
     recipe = {**stage_recipes(cfg, model_cfg)["denoiser"],

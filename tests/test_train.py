@@ -125,25 +125,32 @@ def test_mid_timesteps_move_only_the_chosen_share_of_t_to_the_middle():
     assert 0 <= mixed[2].min() and mixed[2].max() < T_
 
 
-@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
-def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error(prediction_type):
-    """Hang et al.'s weighting is defined on the error of the implied x0: the weighted loss of
-    either target must equal min(SNR_t, γ) · ‖x̂0 − x0‖², whatever the prediction."""
-    schedule = NoiseSchedule.from_config(scheduler_config(TOY_MODEL))
-    abar = schedule.alphas_cumprod
-    t = torch.tensor([0, 50, 200, 500, 800, 990])
-    a, s = abar[t].sqrt().view(-1, 1), (1 - abar[t]).sqrt().view(-1, 1)
+SCHEDULE = NoiseSchedule.from_config(scheduler_config(TOY_MODEL))
+SOME_T = torch.tensor([0, 50, 200, 500, 800, 990])
+
+
+def losses_and_x0_errors(prediction_type: str):
+    """For a random guess at SOME_T: each sample's plain loss ‖guess − target‖², the squared error
+    of the x0 the guess implies, and SNR_t."""
+    abar = SCHEDULE.alphas_cumprod[SOME_T]
+    a, s = abar.sqrt().view(-1, 1), (1 - abar).sqrt().view(-1, 1)
     z0, noise, guess = torch.randn(6, 16), torch.randn(6, 16), torch.randn(6, 16)
     z_t = a * z0 + s * noise
     if prediction_type == "v_prediction":
         target, x0_hat = a * noise - s * z0, a * z_t - s * guess
     else:
         target, x0_hat = noise, (z_t - s * guess) / a
-    snr = abar[t] / (1 - abar[t])
-    weighted = T.min_snr_weight(schedule, t, 5.0, prediction_type) * (guess - target).pow(2).mean(1)
-    torch.testing.assert_close(weighted, snr.clamp(max=5.0) * (x0_hat - z0).pow(2).mean(1),
-                               rtol=1e-4, atol=1e-6)
-    last = T.min_snr_weight(schedule, torch.tensor([999]), 5.0, prediction_type)  # zero SNR
+    return (guess - target).pow(2).mean(1), (x0_hat - z0).pow(2).mean(1), abar / (1 - abar)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error(prediction_type):
+    """Hang et al.'s weighting is defined on the error of the implied x0: the weighted loss of
+    either target must equal min(SNR_t, γ) · ‖x̂0 − x0‖², whatever the prediction."""
+    loss, x0_error, snr = losses_and_x0_errors(prediction_type)
+    torch.testing.assert_close(T.min_snr_weight(SCHEDULE, SOME_T, 5.0, prediction_type) * loss,
+                               snr.clamp(max=5.0) * x0_error, rtol=1e-4, atol=1e-6)
+    last = T.min_snr_weight(SCHEDULE, torch.tensor([999]), 5.0, prediction_type)  # zero SNR
     assert torch.isfinite(last).all() and last.item() == (0.0 if prediction_type == "v_prediction" else 1.0)
 
 
@@ -151,25 +158,15 @@ def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error(prediction_type):
 def test_capped_weight_caps_the_plain_losss_weight_on_the_x0_error(prediction_type):
     """The plain loss weighs the x0 error by SNR + 1 (v) or SNR (ε); capped, by min(that, cap):
     the same as Min-SNR for ε, and for v full weight where the image is mostly noise."""
-    schedule = NoiseSchedule.from_config(scheduler_config(TOY_MODEL))
-    abar = schedule.alphas_cumprod
-    t = torch.tensor([0, 50, 200, 500, 800, 990])
-    a, s = abar[t].sqrt().view(-1, 1), (1 - abar[t]).sqrt().view(-1, 1)
-    z0, noise, guess = torch.randn(6, 16), torch.randn(6, 16), torch.randn(6, 16)
-    z_t = a * z0 + s * noise
-    snr = abar[t] / (1 - abar[t])
-    if prediction_type == "v_prediction":
-        target, x0_hat, plain = a * noise - s * z0, a * z_t - s * guess, snr + 1
-    else:
-        target, x0_hat, plain = noise, (z_t - s * guess) / a, snr
-    weighted = T.capped_weight(schedule, t, 5.0, prediction_type) * (guess - target).pow(2).mean(1)
-    torch.testing.assert_close(weighted, plain.clamp(max=5.0) * (x0_hat - z0).pow(2).mean(1),
-                               rtol=1e-4, atol=1e-6)
+    loss, x0_error, snr = losses_and_x0_errors(prediction_type)
+    plain = snr + 1 if prediction_type == "v_prediction" else snr
+    torch.testing.assert_close(T.capped_weight(SCHEDULE, SOME_T, 5.0, prediction_type) * loss,
+                               plain.clamp(max=5.0) * x0_error, rtol=1e-4, atol=1e-6)
     if prediction_type == "epsilon":
-        torch.testing.assert_close(T.capped_weight(schedule, t, 5.0, "epsilon"),
-                                   T.min_snr_weight(schedule, t, 5.0, "epsilon"))
+        torch.testing.assert_close(T.capped_weight(SCHEDULE, SOME_T, 5.0, "epsilon"),
+                                   T.min_snr_weight(SCHEDULE, SOME_T, 5.0, "epsilon"))
     else:
-        assert T.capped_weight(schedule, torch.tensor([999]), 5.0, prediction_type).item() == 1.0
+        assert T.capped_weight(SCHEDULE, torch.tensor([999]), 5.0, prediction_type).item() == 1.0
 
 
 def test_min_snr_changes_the_denoiser_and_nothing_before_it(tmp_path):

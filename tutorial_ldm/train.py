@@ -590,26 +590,31 @@ def tie_chinese_to_english(text_encoder, tokenizer) -> None:
     table.register_hook(summed_over_groups)
 
 
+def snr_and_plain_weight(noise_schedule, t: torch.Tensor, prediction_type: str):
+    """SNR_t, and the weight the plain loss already puts on the x0 error: SNR_t + 1 for a v
+    target, SNR_t for ε (‖x̂0 − x0‖² is ‖v̂ − v‖² / (SNR_t + 1), or ‖ε̂ − ε‖² / SNR_t)."""
+    snr = compute_snr(noise_schedule, t)
+    return snr, snr + 1 if prediction_type == "v_prediction" else snr
+
+
 def min_snr_weight(noise_schedule, t: torch.Tensor, gamma: float,
                    prediction_type: str) -> torch.Tensor:
     """Min-SNR-γ (Hang et al. 2023): the weight min(SNR_t, γ) on the x0 error, expressed for the
-    loss actually trained: ÷ (SNR_t + 1) for a v target, ÷ SNR_t for an ε target (as diffusers'
-    training scripts do). At zero terminal SNR the v weight is 0 at t = T; the ε one is written
-    min(γ / SNR_t, 1), its limit, so that it stays 1 there instead of 0 / 0."""
-    snr = compute_snr(noise_schedule, t.cpu()).to(t.device)
-    if prediction_type == "v_prediction":
-        return snr.clamp(max=gamma) / (snr + 1)
-    return (gamma / snr).clamp(max=1)
+    loss actually trained, ÷ the plain loss's own weight (as diffusers' training scripts do).
+    At zero terminal SNR the v weight is 0 at t = T; for ε it is `capped_weight`, min(γ / SNR_t, 1),
+    so that it stays 1 there instead of 0 / 0."""
+    if prediction_type != "v_prediction":
+        return capped_weight(noise_schedule, t, gamma, prediction_type)
+    snr, plain = snr_and_plain_weight(noise_schedule, t, prediction_type)
+    return snr.clamp(max=gamma) / plain
 
 
 def capped_weight(noise_schedule, t: torch.Tensor, cap: float,
                   prediction_type: str) -> torch.Tensor:
-    """min(1, cap / w_t), where w_t is the weight the plain loss puts on the x0 error (SNR_t + 1
-    for v, SNR_t for ε): the x0 error is then weighed by min(w_t, cap). For ε this is Min-SNR-γ
-    with γ = cap. For v they differ where SNR_t + 1 < cap: Min-SNR's weight there is
-    SNR_t / (SNR_t + 1), down to 0 at t = T, and this one stays 1."""
-    snr = compute_snr(noise_schedule, t.cpu()).to(t.device)
-    plain = snr + 1 if prediction_type == "v_prediction" else snr
+    """min(1, cap / w_t), w_t the plain loss's weight on the x0 error: the x0 error is then weighed
+    by min(w_t, cap). For ε this is Min-SNR-γ with γ = cap. For v they differ where SNR_t + 1 < cap:
+    Min-SNR's weight there is SNR_t / (SNR_t + 1), down to 0 at t = T, and this one stays 1."""
+    _, plain = snr_and_plain_weight(noise_schedule, t, prediction_type)
     return (cap / plain).clamp(max=1)
 
 

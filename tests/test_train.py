@@ -176,6 +176,37 @@ def test_min_snr_changes_the_denoiser_and_nothing_before_it(tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(params(plain.unet), params(weighted.unet)))
 
 
+def test_plain_steps_restart_the_learning_rate_after_the_unet_steps():
+    one_phase = T.TrainConfig(unet_steps=100, unet_lr=1e-3, warmup=10)
+    two_phases = T.TrainConfig(unet_steps=100, unet_lr=1e-3, warmup=10, plain_steps=50, plain_lr=3e-4)
+    lr = [T.denoiser_learning_rate(two_phases, step) for step in range(150)]
+    assert lr[:100] == [T.denoiser_learning_rate(one_phase, step) for step in range(100)]
+    assert max(lr[:100]) == pytest.approx(1e-3) and lr[99] < 1.2e-4  # decayed to near its floor
+    assert lr[100] < lr[99] and lr[100] == pytest.approx(3e-5)  # warming up again from 1/10
+    assert max(lr[100:]) == pytest.approx(3e-4) and lr[149] < 3.5e-5
+
+
+def test_plain_steps_follow_the_weighted_ones_unweighted_and_resume_across_the_switch(
+        tmp_path, monkeypatch):
+    cfg = T.TrainConfig(**{**TOY, "unet_steps": 2}, snr_gamma=5.0, plain_steps=2)
+    weighted_steps = []
+    real_weight = T.min_snr_weight
+
+    def counted(*args):
+        weighted_steps.append(1)
+        return real_weight(*args)
+
+    monkeypatch.setattr(T, "min_snr_weight", counted)
+    straight = T.train(tmp_path / "a", cfg, TOY_MODEL)
+    assert len(weighted_steps) == 2  # of the 4 steps, only the first phase's are weighed
+    assert T.state_meta(tmp_path / "a" / "denoiser_state.safetensors")["step"] == 4
+    one_phase = T.train(tmp_path / "b", T.TrainConfig(**{**TOY, "unet_steps": 2}, snr_gamma=5.0),
+                        TOY_MODEL)
+    assert any(not torch.equal(x, y) for x, y in zip(params(one_phase.unet), params(straight.unet)))
+    resumed = crash_then_resume(tmp_path / "c", cfg, monkeypatch)  # killed at the switch
+    assert_same(params(straight.unet), params(resumed.unet))
+
+
 def test_spatial_transforms_are_the_seven_non_identities_applied_alike_to_any_size():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     drawn = set()
@@ -298,6 +329,7 @@ def test_settings_that_do_not_change_the_result_do_not_redo_anything(tmp_path, c
     ("snr_gamma", -1.0, "a finite number ≥ 0"),
     ("equivariance_weight", float("inf"), "a finite number ≥ 0"),
     ("loss_weight_cap", -5, "a finite number ≥ 0"),
+    ("plain_steps", -1, "an integer ≥ 0"), ("plain_lr", 0, "a finite number > 0"),
 ])
 def test_bad_config_names_field_value_and_what_is_allowed(tmp_path, field, value, allowed):
     cfg = T.TrainConfig(**{**TOY, field: value})

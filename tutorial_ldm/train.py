@@ -114,6 +114,12 @@ class TrainConfig:
     # theirs (Min-SNR's v weight falls to 0 there); 0 = off. bench/README.md, sixth round: position
     # kept, and no shape gained
     loss_weight_cap: float = 0.0
+    # a second phase of stage 2 after the `unet_steps`: this many steps of the plain loss (neither
+    # weighting above), the learning rate warmed up again to `plain_lr` and decayed (a warm restart,
+    # Loshchilov & Hutter 2017). Min-SNR leaves the layout, decided on the noisiest steps, untrained;
+    # these steps relearn it and keep the shapes (bench/README.md, sixth round); 0 = none
+    plain_steps: int = 0
+    plain_lr: float = 3e-4
     # with Chinese captions: each Chinese word's embedding starts as its English translation's
     # (`world.translations`), as textual inversion starts a new word at an initializer token, so
     # that the UNet learns each attribute once for both languages instead of once for each
@@ -150,12 +156,13 @@ INTEGER_BOUNDS = {
     "unet_steps": (1, "an integer ≥ 1"),
     "unet_batch": (1, "an integer ≥ 1"),
     "warmup": (0, "an integer ≥ 0"),
+    "plain_steps": (0, "an integer ≥ 0"),
     "checkpoint_every": (1, "an integer ≥ 1"),
     "log_every": (1, "an integer ≥ 1"),
     "threads": (0, "an integer ≥ 0 (0: every core)"),
 }
 FRACTIONS = ("photo_fraction", "caption_dropout", "hard_fraction", "mid_timestep_fraction")
-POSITIVE = ("vae_lr", "unet_lr")
+POSITIVE = ("vae_lr", "unet_lr", "plain_lr")
 NON_NEGATIVE = ("kl_weight", "edge_weight", "equivariance_weight", "snr_gamma", "loss_weight_cap")
 
 
@@ -618,6 +625,14 @@ def capped_weight(noise_schedule, t: torch.Tensor, cap: float,
     return (cap / plain).clamp(max=1)
 
 
+def denoiser_learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Stage 2's learning rate at `step`: warm-up and cosine decay over the `unet_steps` from
+    `unet_lr`, then over the `plain_steps` the same again from `plain_lr`."""
+    if step < cfg.unet_steps:
+        return cfg.unet_lr * warmup_cosine(cfg.warmup, cfg.unet_steps)(step)
+    return cfg.plain_lr * warmup_cosine(cfg.warmup, cfg.plain_steps)(step - cfg.unet_steps)
+
+
 def weight_average(model: torch.nn.Module, decay: float):
     """An exponential moving average of `model`'s weights (torch's `AveragedModel`), with the
     warm-up of diffusers' EMAModel: after n updates it keeps min(decay, (1 + n) / (10 + n))."""
@@ -664,7 +679,6 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
             average.update_parameters(modules[name.removeprefix("ema_")])
 
     text_encoder, unet, optimizer = acc.prepare(text_encoder, unet, optimizer)
-    lr_factor = warmup_cosine(cfg.warmup, cfg.unet_steps)
     all_ids = tokenizer(caption_table(cfg, model_cfg, latents), padding="max_length",
                         max_length=model_cfg.max_tokens, truncation=True,
                         return_tensors="pt").input_ids
@@ -676,10 +690,11 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
             t = mine["t"].to(device)
             losses = denoising_loss(unet, mine["z0"].to(device), t, mine["noise"].to(device),
                                     context, alphas_cumprod, model_cfg.prediction_type)
-            if cfg.snr_gamma:
+            weighted = step < cfg.unet_steps  # the plain phase after them is not
+            if cfg.snr_gamma and weighted:
                 losses = losses * min_snr_weight(noise_schedule, t, cfg.snr_gamma,
                                                  model_cfg.prediction_type)
-            if cfg.loss_weight_cap:
+            if cfg.loss_weight_cap and weighted:
                 losses = losses * capped_weight(noise_schedule, t, cfg.loss_weight_cap,
                                                 model_cfg.prediction_type)
             return losses.mean()
@@ -688,8 +703,9 @@ def train_denoiser(cfg: TrainConfig, model_cfg: TinyLDMConfig, run_dir: Path, la
               "vae_sha256": latents.get("recipe", {}).get("vae_sha256"),
               **({"schedule": schedule} if schedule else {})}
     log = _run_loop(stage, run_dir, {**modules, **averages}, optimizer,
-                    lambda step: cfg.unet_lr * lr_factor(step), cfg.unet_steps, cfg, loss_at_step,
-                    recipe, acc, update_averages if averages else None)
+                    lambda step: denoiser_learning_rate(cfg, step),
+                    cfg.unet_steps + cfg.plain_steps, cfg, loss_at_step, recipe, acc,
+                    update_averages if averages else None)
     if averages:
         text_encoder, unet = averages["ema_text_encoder"].module, averages["ema_unet"].module
         return tokenizer, text_encoder.cpu(), unet.cpu(), log

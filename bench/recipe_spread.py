@@ -20,7 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from adherence import generated, show, vae_round_trip

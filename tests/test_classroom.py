@@ -109,7 +109,7 @@ def test_a_student_copy_exercise_says_your_turn_and_the_chapter_goes_on(tmp_path
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
     nb = execute_notebook(path, cwd=tmp_path)
     errors = stderr_of(nb)
-    assert len(errors) == len(checks) == 8
+    assert len(errors) == len(checks) == 8, "\n".join(errors)
     for i in checks:
         (line,) = [o.text for o in nb.cells[i].outputs if o.get("name") == "stderr"]
         assert line.startswith("❌ ") and your_turn in line and line.count("\n") == 1, line

@@ -49,6 +49,7 @@ def execute_notebook(path: Path, cwd: Path = NOTEBOOK_DIR) -> nbformat.NotebookN
         timeout=CELL_TIMEOUT,
         startup_timeout=120,
         resources={"metadata": {"path": str(cwd)}},
+        coalesce_streams=True,  # one block per stream, as JupyterLab shows it (a write may arrive in parts)
     )
     try:
         client.execute(env=kernel_env())

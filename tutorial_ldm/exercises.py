@@ -103,7 +103,9 @@ def check(
 
 def _verdict(verdict: Verdict, quiet: bool) -> Verdict:
     if not quiet:  # stderr for a wrong answer: red in Jupyter, and a failed test to nbgrader
-        print(verdict, file=sys.stdout if verdict else sys.stderr, flush=True)
+        stream = sys.stdout if verdict else sys.stderr
+        stream.write(f"{verdict}\n")  # one write: ipykernel may flush between print's two
+        stream.flush()
     return verdict
 
 
